@@ -1,0 +1,250 @@
+"""Data, top to bottom: byte tokenizer → shipped long-document corpus → packing → token .bin files → batches.
+
+The corpus (`data/pystdlib`, built by `data/build_corpus.py`, PSF License) is the long `.py` files of CPython's
+standard library: long documents with long-range structure (imports at the top used far below, names defined once
+and reused), a small stand-in for the paper's PG19 / proof-pile that is on every machine and ships in git.
+
+Packing follows LongLoRA's official `fine-tune.py` (`tokenize_fn`): documents joined with the EOS token,
+concatenated, and cut into rows of the context length. Evaluation data follows the official `eval.py`: a flat
+`np.memmap(path, dtype=np.uint16, mode="r")` of Llama token ids (PG19 `validation.bin`/`test.bin`, proof-pile
+`test_sampled_data.bin`). References: Chen et al. 2023 (LongLoRA, arXiv 2309.12307), github.com/dvlab-research/LongLoRA.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import lzma
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+CORPUS_ROOT = Path(__file__).resolve().parent.parent / "data" / "pystdlib"
+REBUILD = "python data/build_corpus.py"
+SPLITS = ("train", "validation", "test")
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as token ids (vocab 256). NUL (id 0) is the end-of-document token: it never occurs in source text,
+    and `encode` refuses text that contains it rather than silently mixing it up with a document boundary."""
+
+    vocab_size = 256
+    eos_id = 0
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.encode_array(text))
+
+    def encode_array(self, text: str) -> np.ndarray:
+        """The same ids as a uint8 array (fast path used by `pack`)."""
+        ids = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+        if (ids == self.eos_id).any():
+            raise ValueError("text contains a NUL byte, which ByteTokenizer reserves as the end-of-document token")
+        return ids
+
+    def decode(self, ids) -> str:
+        ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
+        return bytes(ids).decode("utf-8", errors="replace")
+
+
+def load_hf_tokenizer(path: str | os.PathLike):
+    """A Hugging Face tokenizer from a local directory only (`AutoTokenizer(..., local_files_only=True)`)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"no tokenizer directory at {path} (expected a local folder with tokenizer.json or "
+                                "tokenizer.model and tokenizer_config.json; nothing is downloaded)")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+
+
+# ---------------------------------------------------------------------------------------------- documents (jsonl)
+def read_jsonl(path: str | os.PathLike) -> Iterator[dict]:
+    """The JSON objects of a `.jsonl`, `.jsonl.gz` or `.jsonl.xz` file (RedPajama: one {"text": ...} per line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    opener = {".gz": gzip.open, ".xz": lzma.open}.get(path.suffix, open)
+    with opener(path, "rt", encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                yield json.loads(line)
+
+
+def load_jsonl_texts(path: str | os.PathLike, key: str = "text") -> list[str]:
+    """The documents of a RedPajama-style jsonl(.gz/.xz) file (the official fine-tuning data's `text` field)."""
+    return [record[key] for record in read_jsonl(path)]
+
+
+def corpus_file(split: str, root: str | os.PathLike | None = None) -> Path:
+    """Path of a split of the shipped corpus; FileNotFoundError with the rebuild command if it is absent."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    path = Path(root if root is not None else CORPUS_ROOT) / f"{split}.jsonl.xz"
+    if not path.is_file():
+        raise FileNotFoundError(f"corpus split not found: {path}; rebuild it with `{REBUILD}` from the repo root")
+    return path
+
+
+def load_corpus(split: str, root: str | os.PathLike | None = None) -> list[str]:
+    """The documents (file texts, in sorted-path order) of a split of `data/pystdlib`: train, validation or test."""
+    return load_jsonl_texts(corpus_file(split, root))
+
+
+# ---------------------------------------------------------------------------------------------------------- packing
+def pack_tokens(tokens, seq_len: int) -> torch.Tensor:
+    """A flat 1-D token array (numpy, memmap, list or tensor) cut into rows: LongTensor (len // seq_len, seq_len).
+
+    The incomplete tail (len % seq_len tokens) is dropped, so no row holds padding."""
+    if seq_len < 1:
+        raise ValueError(f"seq_len must be positive, got {seq_len}")
+    flat = torch.as_tensor(np.asarray(tokens, dtype=np.int64)).reshape(-1)
+    rows = flat.numel() // seq_len
+    if rows == 0:
+        raise ValueError(f"only {flat.numel()} tokens: not enough for one sequence of {seq_len}")
+    return flat[: rows * seq_len].reshape(rows, seq_len).clone()
+
+
+def _encode(tokenizer, doc: str) -> np.ndarray:
+    if isinstance(tokenizer, ByteTokenizer):
+        return tokenizer.encode_array(doc)
+    return np.asarray(tokenizer.encode(doc, add_special_tokens=False), dtype=np.int64)  # a Hugging Face tokenizer
+
+
+def pack(docs: Sequence[str], seq_len: int, tokenizer=None) -> torch.Tensor:
+    """Documents → LongTensor (num_seqs, seq_len), as the official `fine-tune.py` `tokenize_fn` does.
+
+    `doc₀ EOS doc₁ EOS … docₙ` is tokenized as one stream and cut into rows of `seq_len`; rows cross document
+    boundaries and the EOS token marks them. Two differences from the official code, both deliberate: it pads the
+    last row of each 1000-document map batch with [PAD] (`pad_to_multiple_of=model_max_length`), here the
+    incomplete tail is DROPPED (at most seq_len - 1 tokens), so every token is real text or EOS; and it prepends one
+    BOS per map batch (Llama tokenizer), here no BOS is added (`add_special_tokens=False` for HF tokenizers).
+    `tokenizer` defaults to ByteTokenizer; a Hugging Face tokenizer must have an eos_token."""
+    tokenizer = tokenizer if tokenizer is not None else ByteTokenizer()
+    eos = tokenizer.eos_id if isinstance(tokenizer, ByteTokenizer) else tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError("the tokenizer has no EOS token to separate documents")
+    if not docs:
+        raise ValueError("no documents to pack")
+    sep = np.array([eos], dtype=np.int64)
+    parts = []
+    for i, doc in enumerate(docs):
+        if i:
+            parts.append(sep)
+        parts.append(_encode(tokenizer, doc).astype(np.int64))
+    return pack_tokens(np.concatenate(parts), seq_len)
+
+
+def corpus_tokens(split: str, seq_len: int, tokenizer=None, root: str | os.PathLike | None = None) -> torch.Tensor:
+    """A split of the shipped corpus, packed: LongTensor (num_seqs, seq_len), byte tokenizer by default."""
+    return pack(load_corpus(split, root), seq_len, tokenizer)
+
+
+# ------------------------------------------------------------------------------------- token .bin (official layout)
+class TokenFile:
+    """A flat file of token ids, memory-mapped read-only: the official evaluation layout (`eval.py`:
+    `np.memmap(data_path, dtype=np.uint16, mode="r")`; uint16 holds Llama's 32k vocabulary)."""
+
+    def __init__(self, path: str | os.PathLike, dtype=np.uint16):
+        self.path, self.dtype = Path(path), np.dtype(dtype)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"no token file at {self.path}")
+        size = self.path.stat().st_size
+        if size == 0:
+            raise ValueError(f"token file {self.path} is empty")
+        if size % self.dtype.itemsize:
+            raise ValueError(f"token file {self.path} has {size} bytes, not a multiple of {self.dtype.itemsize} "
+                             f"({self.dtype.name}): truncated, or written with another dtype")
+        self.tokens = np.memmap(self.path, dtype=self.dtype, mode="r")
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def __getitem__(self, index):
+        return self.tokens[index]
+
+    def sequences(self, seq_len: int) -> torch.Tensor:
+        """Non-overlapping rows (num, seq_len), tail dropped (see `pack_tokens`)."""
+        return pack_tokens(self.tokens, seq_len)
+
+    def eval_starts(self, seq_len: int, sliding_window: int = 256) -> list[int]:
+        """Window starts as the official `eval.py` `get_as_batch`: every `sliding_window` tokens, last one dropped."""
+        starts = list(range(0, len(self) - seq_len, sliding_window))
+        return starts[:-1]
+
+
+def load_token_bin(path: str | os.PathLike, dtype=np.uint16) -> TokenFile:
+    """Open a token .bin (see TokenFile); clear errors for a missing, empty or truncated file."""
+    return TokenFile(path, dtype)
+
+
+def write_token_bin(path: str | os.PathLike, tokens, dtype=np.uint16) -> Path:
+    """Write token ids as a flat binary file of `dtype`, atomically (temp file in the same folder, then rename)."""
+    path, dtype = Path(path), np.dtype(dtype)
+    arr = np.asarray(tokens.cpu() if isinstance(tokens, torch.Tensor) else tokens).reshape(-1)
+    if arr.size == 0:
+        raise ValueError("no tokens to write")
+    info = np.iinfo(dtype)
+    if arr.min() < info.min or arr.max() > info.max:
+        raise ValueError(f"token ids span [{arr.min()}, {arr.max()}], outside {dtype.name} [{info.min}, {info.max}]")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(arr.astype(dtype).tobytes())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------- batches
+class PackedDataset:
+    """Packed rows served in deterministic batches, for exact resume: `batch(step, batch_size)` depends only on
+    (seed, step, batch_size). Sample k = step·batch_size + j is row perm_e[k mod N] of epoch e = k // N, where perm_e
+    is `torch.randperm(N)` under `torch.Generator().manual_seed(seed + e)`; so each epoch visits every row exactly
+    once, and a batch may straddle two epochs (no row is skipped). A resumed run only needs the step counter."""
+
+    def __init__(self, tokens: torch.Tensor, seed: int = 0):
+        if tokens.ndim != 2 or tokens.shape[0] == 0:
+            raise ValueError(f"expected a non-empty (num_seqs, seq_len) tensor, got shape {tuple(tokens.shape)}")
+        self.tokens, self.seed = tokens.long(), int(seed)
+        self._perms: dict[int, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+    @property
+    def seq_len(self) -> int:
+        return self.tokens.shape[1]
+
+    def permutation(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._perms:
+            if len(self._perms) > 4:
+                self._perms.clear()
+            generator = torch.Generator().manual_seed(self.seed + epoch)
+            self._perms[epoch] = torch.randperm(len(self), generator=generator)
+        return self._perms[epoch]
+
+    def indices(self, step: int, batch_size: int) -> torch.Tensor:
+        """The row indices of batch `step`."""
+        if step < 0 or batch_size < 1:
+            raise ValueError(f"need step >= 0 and batch_size >= 1, got {step}, {batch_size}")
+        n = len(self)
+        samples = range(step * batch_size, (step + 1) * batch_size)
+        return torch.stack([self.permutation(k // n)[k % n] for k in samples])
+
+    def batch(self, step: int, batch_size: int) -> torch.Tensor:
+        """LongTensor (batch_size, seq_len)."""
+        return self.tokens[self.indices(step, batch_size)]
+
+    def epoch_of(self, step: int, batch_size: int) -> int:
+        """The epoch of the first sample of batch `step`."""
+        return step * batch_size // len(self)
+
+    def steps_per_epoch(self, batch_size: int) -> float:
+        return len(self) / batch_size

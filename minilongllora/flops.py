@@ -1,0 +1,55 @@
+"""FLOPs of one forward pass (the prefill / "context stage", batch 1) from a config's shapes: the paper's Table 11.
+
+LongLoRA App. B.5 breaks the FLOPs of Llama-2-7B into Attn (the attention kernel: q·kᵀ and probs·v), Proj (the q, k, v
+and o projections), FFN (the three SwiGLU matrices) and Others (LM head, norms, RoPE, activations, residual adds).
+A matrix product of (m × k) by (k × n) costs 2·m·k·n FLOPs (one multiply and one add per term). Like the paper's
+tracer, attention is counted as the dense products it runs, without halving for the causal mask:
+
+    full attention:  4 · n² · h · d_head per layer         (q·kᵀ: 2·n·n·d per head, probs·v: the same)
+    S2-Attn:         4 · n · G · h · d_head per layer       (n / G groups of G tokens; G = n/4 by default)
+
+so S2-Attn divides the attention term by n / G = 4 and leaves every other term unchanged.
+"""
+
+from __future__ import annotations
+
+from .config import LlamaConfig
+
+TERA = 1e12
+
+
+def flops_breakdown(config: LlamaConfig, context: int, group_size_ratio: float | None = None) -> dict:
+    """TFLOPs of a forward pass over `context` tokens, by kind, for full attention and S2-Attn (Table 11's columns)."""
+    if context <= 0:
+        raise ValueError(f"context must be a positive number of tokens, got {context}")
+    ratio = config.group_size_ratio if group_size_ratio is None else group_size_ratio
+    n, L, dim, ffn = context, config.n_layers, config.dim, config.ffn_dim
+    kv_dim = config.n_kv_heads * config.head_dim
+    group = max(1, int(n * ratio))
+    attn_full = L * 4 * n * n * dim  # h · d_head = dim
+    attn_s2 = L * 4 * n * group * dim
+    proj = L * 2 * n * dim * (dim + 2 * kv_dim + dim)  # q, k, v (GQA-sized), o
+    ffn_flops = L * 2 * n * dim * ffn * 3  # gate, up, down
+    others = (
+        2 * n * dim * config.vocab_size  # LM head
+        + (2 * L + 1) * 4 * n * dim  # RMSNorms: square, mean, scale, weight
+        + L * 3 * n * (dim + kv_dim)  # RoPE on q and k: two products and a sum per element
+        + L * 5 * n * ffn  # SiLU (about 4) and the gate product
+        + L * 2 * n * dim  # two residual adds per block
+    )
+    row = {"context": context, "attn_full": attn_full, "attn_s2": attn_s2, "proj": proj, "ffn": ffn_flops,
+           "others": others}
+    row["total_full"] = attn_full + proj + ffn_flops + others
+    row["total_s2"] = attn_s2 + proj + ffn_flops + others
+    return {k: (v if k == "context" else v / TERA) for k, v in row.items()}
+
+
+def format_flops_table(rows: list[dict]) -> str:
+    """Table 11's layout: one line per context and attention, TFLOPs to one decimal."""
+    lines = [f"{'context':>8} {'S2':>3} {'Attn':>9} {'Proj':>8} {'FFN':>8} {'Others':>7} {'Total':>9}"]
+    for r in rows:
+        for s2 in (False, True):
+            attn, total = (r["attn_s2"], r["total_s2"]) if s2 else (r["attn_full"], r["total_full"])
+            lines.append(f"{r['context']:>8} {'✓' if s2 else '✗':>3} {attn:>9.1f} {r['proj']:>8.1f} {r['ffn']:>8.1f} "
+                         f"{r['others']:>7.1f} {total:>9.1f}")
+    return "\n".join(lines)
