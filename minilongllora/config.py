@@ -84,8 +84,10 @@ class LlamaConfig:
         return effective_context(self.max_seq_len, self.rope_scaling)
 
     def group_size(self, seq_len: int) -> int:
-        """S2-Attn group size for a training sequence of `seq_len` tokens: int(seq_len * ratio), as the official code."""
-        return max(2, int(seq_len * self.group_size_ratio))
+        """S2-Attn group size for a training sequence of `seq_len` tokens: int(seq_len * ratio) as the official code,
+        rounded down to an even number (half a group is shifted). The attention raises if it does not divide seq_len."""
+        group = int(seq_len * self.group_size_ratio)
+        return max(2, group - group % 2)
 
     # presets ------------------------------------------------------------------------------------------------------
     @classmethod

@@ -234,3 +234,59 @@ def test_from_hf_config_fields(tmp_path):
     config = LlamaConfig.from_hf(path)
     assert (config.dim, config.n_layers, config.n_heads, config.n_kv_heads, config.ffn_dim) == (64, 2, 4, 2, 128)
     assert config.context_length == 512 and config.rope_scaling["factor"] == 4.0
+
+
+def _grads_and_logits(model, tokens):
+    model.zero_grad()
+    logits = model(tokens)
+    from minilongllora.model import lm_loss
+
+    lm_loss(logits, tokens).backward()
+    return logits.detach()
+
+
+def test_training_pattern_in_train_mode_full_attention_in_eval():
+    """§3.2: S2-Attn while training, full attention at inference (and Table 6's first row on request)."""
+    config = LlamaConfig.from_preset("tiny", n_layers=2, attention="s2")
+    model = randomize_(Llama(config))
+    full = randomize_(Llama(config.replace(attention="full")))
+    full.load_state_dict(model.state_dict())
+    tokens = torch.randint(0, 256, (2, 128))
+    with torch.no_grad():
+        assert model.train().attention_pattern() == "s2"
+        assert (model(tokens) - full.train()(tokens)).abs().max() > 1e-3  # training really uses groups
+        assert torch.equal(model.eval()(tokens), full.eval()(tokens))  # eval: full attention
+        model.config.eval_attention = "train"
+        assert torch.equal(model.eval()(tokens), model.train()(tokens))
+
+
+@pytest.mark.parametrize("pattern, variant", [("s2", "split"), ("s2", "swap"), ("short", "split"),
+                                              ("s2_layers", "split"), ("stride_sparse", "split")])
+def test_model_training_patterns_are_causal(pattern, variant):
+    """Changing tokens from position t on changes no logit before t, through every layer, while training."""
+    model = randomize_(Llama(LlamaConfig.from_preset("tiny", n_layers=2, attention=pattern, s2_variant=variant)))
+    tokens = torch.randint(0, 256, (1, 128))
+    changed = tokens.clone()
+    changed[:, 70:] = torch.randint(0, 256, (1, 58))
+    with torch.no_grad():
+        a, b = model.train()(tokens), model(changed)
+    assert torch.equal(a[:, :70], b[:, :70])
+    assert not torch.equal(a[:, 70:], b[:, 70:])
+
+
+def test_roll_variant_reads_the_future_in_training():
+    """Algorithm 1's wrap-around: with variant 'roll', the first G/2 positions see the last tokens."""
+    model = randomize_(Llama(LlamaConfig.from_preset("tiny", n_layers=1, attention="s2", s2_variant="roll")))
+    tokens = torch.randint(0, 256, (1, 128))  # G = 32, so positions 0..15 of the shifted heads read 112..127
+    changed = tokens.clone()
+    changed[:, 120:] = (changed[:, 120:] + 1) % 256
+    with torch.no_grad():
+        a, b = model.train()(tokens), model(changed)
+    leaked = (a[0] - b[0]).abs().amax(-1) > 0
+    assert leaked[:16].all() and not leaked[16:120].any()
+
+
+def test_indivisible_group_size_is_a_clear_error():
+    model = Llama(LlamaConfig.from_preset("tiny", n_layers=1, attention="s2")).train()
+    with pytest.raises(ValueError, match="not divisible by group_size"):
+        model(torch.zeros(1, 100, dtype=torch.long))
