@@ -22,7 +22,7 @@ from einops import rearrange, repeat
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .attention import causal_attention, sparse_attention
+from .attention import attention_mask, attention_probs, causal_attention, sparse_attention
 from .config import LlamaConfig
 from .rope import apply_rope, rope_cos_sin
 
@@ -97,12 +97,17 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(d, config.n_kv_heads * hd, bias=False)
         self.o_proj = nn.Linear(config.n_heads * hd, d, bias=False)
 
-    def forward(self, x, cos, sin, pattern: str = "full", cache: KVCache | None = None) -> torch.Tensor:
+    def qkv(self, x, cos, sin) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Project (b, n, dim) to queries (b, h, n, d) and keys, values (b, k, n, d); rotate q and k by position."""
         cfg = self.config
         q = rearrange(self.q_proj(x), "b n (h d) -> b h n d", h=cfg.n_heads)
         k = rearrange(self.k_proj(x), "b n (k d) -> b k n d", k=cfg.n_kv_heads)
         v = rearrange(self.v_proj(x), "b n (k d) -> b k n d", k=cfg.n_kv_heads)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # rotate at the original positions, then group
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v  # rotate at the original positions, then group
+
+    def forward(self, x, cos, sin, pattern: str = "full", cache: KVCache | None = None) -> torch.Tensor:
+        cfg = self.config
+        q, k, v = self.qkv(x, cos, sin)
         if cache is not None:
             start = cache.pos
             k, v = cache.update(self.layer_idx, k, v)
@@ -165,11 +170,9 @@ class Llama(nn.Module):
                 f"{start + n} positions exceed the model's context of {cfg.max_seq_len} and no RoPE scaling is set; "
                 f"extend it with position interpolation, e.g. rope_scaling={{'rope_type': 'linear', 'factor': "
                 f"{math.ceil((start + n) / cfg.max_seq_len)}}}, or pass check_context=False to extrapolate")
-        positions = torch.arange(start, start + n, device=tokens.device)
-        cos, sin = rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta, cfg.rope_scaling, cfg.max_seq_len)  # (n, d)
-        pattern = "full" if cache is not None else self.attention_pattern()
         x = self.embed_tokens(tokens)  # (b, n, dim)
-        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+        cos, sin = self.rope(start, n, x)  # (n, d)
+        pattern = "full" if cache is not None else self.attention_pattern()
         for layer in self.layers:
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 x = checkpoint(layer, x, cos, sin, pattern, use_reentrant=False)
@@ -178,6 +181,33 @@ class Llama(nn.Module):
         if cache is not None:
             cache.pos += n
         return self.lm_head(self.norm(x))  # (b, n, v)
+
+    def rope(self, start: int, n: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin (n, d) for positions start .. start + n − 1, in x's dtype and on its device."""
+        cfg = self.config
+        positions = torch.arange(start, start + n, device=x.device)
+        cos, sin = rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta, cfg.rope_scaling, cfg.max_seq_len)
+        return cos.to(x.dtype), sin.to(x.dtype)
+
+    @torch.no_grad()
+    def attention_maps(self, tokens: torch.Tensor, pattern: str = "full") -> list[torch.Tensor]:
+        """Attention probabilities of every layer, [(b, h, n, n)] × layers, for looking only: explicit softmax under
+        the pattern's mask (attention.attention_probs), since SDPA returns no weights. probs @ v equals the SDPA
+        output of the same pattern (tests/test_model.py)."""
+        cfg = self.config
+        n = tokens.shape[1]
+        mask = None
+        x = self.embed_tokens(tokens)
+        cos, sin = self.rope(0, n, x)
+        maps = []
+        for layer in self.layers:
+            q, k, _ = layer.self_attn.qkv(layer.input_layernorm(x), cos, sin)
+            if pattern != "full":
+                mask = attention_mask(pattern, n, cfg.group_size(n), cfg.n_heads, variant=cfg.s2_variant,
+                                      layer_idx=layer.self_attn.layer_idx).to(x.device)
+            maps.append(attention_probs(q, repeat(k, "b k n d -> b (k r) n d", r=cfg.n_heads // cfg.n_kv_heads), mask))
+            x = layer(x, cos, sin, pattern)
+        return maps
 
     @torch.no_grad()
     def generate(self, tokens: torch.Tensor, max_new_tokens: int, *, temperature: float = 0.0, top_k: int | None = None,

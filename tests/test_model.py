@@ -290,3 +290,25 @@ def test_indivisible_group_size_is_a_clear_error():
     model = Llama(LlamaConfig.from_preset("tiny", n_layers=1, attention="s2")).train()
     with pytest.raises(ValueError, match="not divisible by group_size"):
         model(torch.zeros(1, 100, dtype=torch.long))
+
+
+@pytest.mark.parametrize("pattern", ["full", "s2", "stride_sparse"])
+def test_attention_maps_reproduce_the_sdpa_outputs(pattern):
+    """The inspection path (explicit softmax) gives the probabilities SDPA used: probs @ v == the layer's attention."""
+    from einops import einsum, repeat
+
+    from minilongllora.attention import causal_attention, sparse_attention
+
+    model = randomize_(Llama(LlamaConfig.from_preset("tiny", n_layers=2, n_kv_heads=2, attention=pattern))).eval()
+    tokens = torch.randint(0, 256, (2, 64))
+    maps = model.attention_maps(tokens, pattern=pattern)
+    assert len(maps) == 2 and maps[0].shape == (2, 8, 64, 64)
+    assert torch.allclose(maps[1].sum(-1), torch.ones(2, 8, 64), atol=1e-6)
+    with torch.no_grad():  # recompute layer 1's input, then its attention both ways
+        x = model.embed_tokens(tokens)
+        cos, sin = model.rope(0, 64, x)
+        x = model.layers[0](x, cos, sin, pattern)
+        q, k, v = model.layers[1].self_attn.qkv(model.layers[1].input_layernorm(x), cos, sin)
+        sdpa = causal_attention(q, k, v) if pattern == "full" else sparse_attention(q, k, v, pattern, 16, layer_idx=1)
+        explicit = einsum(maps[1], repeat(v, "b k n d -> b (k r) n d", r=4), "b h i j, b h j d -> b h i d")
+    assert (sdpa - explicit).abs().max().item() <= 1e-5
