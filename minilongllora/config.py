@@ -95,7 +95,10 @@ class LlamaConfig:
         """A named preset (see `PRESETS`), with field overrides: `LlamaConfig.from_preset("tiny", n_layers=2)`."""
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}")
-        return dataclasses.replace(PRESETS[name], **overrides)
+        preset = PRESETS[name]
+        if "n_heads" in overrides and "n_kv_heads" not in overrides and preset.n_kv_heads == preset.n_heads:
+            overrides["n_kv_heads"] = overrides["n_heads"]  # a multi-head preset stays multi-head
+        return dataclasses.replace(preset, **overrides)
 
     def replace(self, **changes) -> LlamaConfig:
         return dataclasses.replace(self, **changes)

@@ -1,0 +1,66 @@
+"""Named training runs: `get_recipe("extend-tiny-4x", steps=10)` → a TrainConfig.
+
+CPU-small (2 cores, measured with torch 2.13 on this project's CPU machine, fp32; see the tok/s of metrics.jsonl):
+the `tiny` preset (4 layers, dim 256, 3.4M parameters) trains at about 7,000 tokens/s at 256 tokens (full training,
+0.29 s per step of 8 x 256) and about 8,400 tokens/s at 1024 tokens with S2-Attn + LoRA+ (0.25 s per step of
+2 x 1024; full attention: 5,400 tokens/s).
+
+* `pretrain-tiny`: the base model from scratch at its own context of 256 tokens on the shipped pystdlib corpus.
+* `extend-tiny-4x`: the README's main job. LongLoRA on that base (`data/tiny-base/`, written by pretrain-tiny and
+  `python -m minilongllora export`): 4x its context (1024 tokens) with S2-Attn (split variant, groups of 1/4),
+  LoRA+ (r=8, α=16 on q/k/v/o, embedding and norms trainable) and linear position interpolation by 4.
+* `cuda-7b-{8k,16k,32k,64k,100k}`: the paper's Llama-2-7B runs (§4.1, App. B; the official README command):
+  AdamW β=(0.9, 0.95), lr 2e-5, weight decay 0, 20 warmup steps then constant, batch 1 x 8 accumulation per GPU,
+  1000 steps, S2-Attn with groups of 1/4, LoRA+ r=8 α=16, bf16, gradient checkpointing, RoPE factor
+  ceil(target / 4096). The base (a local Llama-2-7b-hf directory in safetensors) and the data (a RedPajama / PG19
+  token .bin) are the user's: `--base PATH --data PATH`. Launch with `torchrun --nproc_per_node 8 -m minilongllora
+  extend --recipe cuda-7b-8k --base ... --data ...` (8 GPUs give the paper's global batch of 64).
+"""
+
+from __future__ import annotations
+
+from .rope import interpolation_factor
+from .train import TrainConfig
+
+LLAMA2_CONTEXT = 4096
+
+_PAPER = dict(  # §4.1 / App. B / official fine-tune.py + README command
+    base="", data="", lr=2e-5, weight_decay=0.0, warmup_steps=20, betas=(0.9, 0.95), clip=1.0, batch_size=1,
+    grad_accum=8, steps=1000, method="lora_plus", lora_r=8, lora_alpha=16.0, lora_dropout=0.0, attention="s2",
+    s2_variant="split", group_size_ratio=0.25, precision="bf16", gradient_checkpointing=True, save_every=100,
+    log_every=1,
+)
+
+
+def _cuda_7b(target: int) -> TrainConfig:
+    return TrainConfig(**_PAPER, seq_len=target, out_dir=f"runs/cuda-7b-{target // 1024}k" if target % 1024 == 0
+                       else f"runs/cuda-7b-{target}", rope_factor=float(interpolation_factor(target, LLAMA2_CONTEXT)))
+
+
+RECIPES: dict[str, TrainConfig] = {
+    # ~12 min on 2 CPU cores: 2,400 steps x 8 x 256 tokens = 4.9M tokens (0.67 epoch of the 7.3M-token train split)
+    "pretrain-tiny": TrainConfig(
+        base="tiny", out_dir="runs/pretrain-tiny", seq_len=256, steps=2400, batch_size=8, grad_accum=1, lr=1e-3,
+        warmup_steps=100, weight_decay=0.0, method="full", attention="full", precision="fp32",
+        gradient_checkpointing=False, save_every=200, eval_every=200, eval_windows=16, log_every=100,
+    ),
+    # ~5 min on 2 CPU cores: 600 steps x 4 x 1024 tokens = 2.5M tokens, S2-Attn + LoRA+, PI x4
+    "extend-tiny-4x": TrainConfig(
+        base="data/tiny-base", out_dir="runs/extend-tiny-4x", seq_len=1024, steps=600, batch_size=4, grad_accum=1,
+        lr=2e-3, warmup_steps=20, weight_decay=0.0, method="lora_plus", lora_r=8, lora_alpha=16.0,
+        attention="s2", s2_variant="split", group_size_ratio=0.25, rope_factor=4.0, precision="fp32",
+        gradient_checkpointing=False, save_every=100, eval_every=100, eval_windows=8, log_every=50,
+    ),
+    "cuda-7b-8k": _cuda_7b(8192),
+    "cuda-7b-16k": _cuda_7b(16384),
+    "cuda-7b-32k": _cuda_7b(32768),
+    "cuda-7b-64k": _cuda_7b(65536),
+    "cuda-7b-100k": _cuda_7b(100000),
+}
+
+
+def get_recipe(name: str, **overrides) -> TrainConfig:
+    """The recipe `name` with some fields replaced (validated again): get_recipe("pretrain-tiny", steps=10)."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; known recipes: {', '.join(RECIPES)}")
+    return RECIPES[name].replace(**overrides)
