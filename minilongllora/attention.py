@@ -21,14 +21,16 @@ segments of 2G tokens split into their even and odd positions, each a causal gro
 "block_sparse" (Table 6, Fig. 7: "n = 4" masks, "right-up blocks moved to left down, because of the causal mask"; our
 reading): the heads in 4 equal chunks, the sequence in blocks of G; chunk j lets query block c read key block c − j,
 causally for j = 0 (the diagonal) and fully for j ≥ 1 (it lies in the past); blocks c < j have no block j back and read
-their own block causally, so no query is left without a key. "stride_sparse" (Table 6, Child et al. 2019, "local size
+their own block causally, so no query is left without a key. (Its full off-diagonal blocks make it read about a
+third of full attention's pairs, against about a quarter for s2, dilated and stride_sparse.) "stride_sparse" (Table 6, Child et al. 2019, "local size
 n/4 and stride √n"): the first half of the heads local, query i reads keys i − G < j ≤ i; the second half strided,
 query i reads keys j ≤ i with (i − j) % s == 0, s the largest divisor of n that is ≤ round(√n).
 
 Pattern 2, the shifted heads (S2_VARIANTS; s = G/2). "roll" is Algorithm 1 exactly: roll the sequence by −s (position
 p holds token (p + s) mod n), attend in groups of G, ungroup, then roll back by +s (rolling back inside the groups is
 LLaMA-Factory's bug). It keeps the paper's wrap-around: the last group holds tokens [n − s, n) then [0, s), so tokens
-0 … s−1 read the last s tokens, the future. The authors know (issues #15, #90: on purpose, "information interaction
+0 … s−1 read the last s tokens, the future (and through a stack of layers these reads chain: after a few layers
+every early position has a path from every later token, which the training loss can exploit). The authors know (issues #15, #90: on purpose, "information interaction
 between the starting and ending contexts"; harmless because inference uses full attention). "roll_up" (Table 8 Var 1,
 "shift up") rolls by +s and back by −s. When G divides n (always here) it forms the same groups in the same order as
 "roll", group i of one being group i + 1 of the other, so it equals "roll" exactly; kept so the masks can show it (PPL

@@ -1,5 +1,6 @@
 """Command line: `python -m minilongllora COMMAND --help`.
 
+    longlora   the main job: the shipped tiny base extended 4x with LongLoRA, perplexity before / after, plots
     demo       a preset's parameter table and a (random-weight) generation
     pretrain   train a model (default recipe: pretrain-tiny)              } --recipe NAME, any TrainConfig field as
     extend     LongLoRA context extension (default recipe: extend-tiny-4x) } --flag (--steps 10 --seq-len 512), --resume
@@ -123,6 +124,17 @@ def cmd_train(args: argparse.Namespace) -> None:
     if result["final"] is not None:  # rank 0 only, under torchrun
         print(f"done: step {result['step']}, loss {result['loss']:.4f}; checkpoint {result['checkpoint']}; "
               f"HF model {result['final']}" + (f"; adapter {result['adapter']}" if result["adapter"] else ""))
+
+
+def cmd_longlora(args: argparse.Namespace) -> None:
+    """The main job: extend the shipped tiny base model 4x with LongLoRA, with perplexity before and after."""
+    from .longlora import run_context_extension
+    from .train import TrainConfig
+
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+                 if getattr(args, f.name, None) is not None}
+    overrides.pop("model_overrides", None)
+    run_context_extension(args.recipe, max_windows=args.max_windows, **overrides)
 
 
 # ---------------------------------------------------------------------------------------------- loading for eval
@@ -306,6 +318,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/checkpoint, exactly")
         p.add_argument("--show-config", action="store_true", help="print the resolved TrainConfig and exit")
         _add_train_fields(p)
+
+    p = command("longlora", cmd_longlora)
+    p.add_argument("--recipe", default="extend-tiny-4x", help="an extension recipe (default extend-tiny-4x)")
+    p.add_argument("--max-windows", type=int, default=96, help="validation windows per evaluation length")
+    p.add_argument("--steps", type=int, default=None, help="override the recipe's steps")
+    p.add_argument("--out-dir", default=None, help="override the recipe's run directory")
+    p.add_argument("--base", default=None, help="override the recipe's base model directory")
 
     def model_args(p, lengths_default):
         p.add_argument("path", help="a Hugging Face directory, or a run directory (its final/ or checkpoint/)")

@@ -18,10 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .attention import PATTERNS as ATTENTION_PATTERNS
+from .attention import S2_VARIANTS
 from .rope import effective_context, normalize_rope_scaling
-
-ATTENTION_PATTERNS = ("full", "short", "shift_all", "s2", "s2_layers", "dilated", "block_sparse", "stride_sparse")
-S2_VARIANTS = ("split", "roll", "roll_up", "swap")
 
 
 @dataclass
