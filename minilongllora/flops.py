@@ -2,8 +2,10 @@
 
 LongLoRA App. B.5 breaks the FLOPs of Llama-2-7B into Attn (the attention kernel: q·kᵀ and probs·v), Proj (the q, k, v
 and o projections), FFN (the three SwiGLU matrices) and Others (LM head, norms, RoPE, activations, residual adds).
-A matrix product of (m × k) by (k × n) costs 2·m·k·n FLOPs (one multiply and one add per term). Like the paper's
-tracer, attention is counted as the dense products it runs, without halving for the causal mask:
+The paper measured with the tracer torchprofile, which counts multiply-accumulates (MACs) of matrix products and of
+elementwise multiplications, and reports FLOPs = 2 × MACs; additions, divisions, SiLU and the softmax are not counted.
+We count the same way from the shapes: a matrix product of (m × k) by (k × n) costs 2·m·k·n FLOPs, an elementwise
+product of N numbers 2·N. Attention is counted as the dense products it runs, without halving for the causal mask:
 
     full attention:  4 · n² · h · d_head per layer         (q·kᵀ: 2·n·n·d per head, probs·v: the same)
     S2-Attn:         4 · n · G · h · d_head per layer       (n / G groups of G tokens; G = n/4 by default)
@@ -29,13 +31,11 @@ def flops_breakdown(config: LlamaConfig, context: int, group_size_ratio: float |
     attn_full = L * 4 * n * n * dim  # h · d_head = dim
     attn_s2 = L * 4 * n * group * dim
     proj = L * 2 * n * dim * (dim + 2 * kv_dim + dim)  # q, k, v (GQA-sized), o
-    ffn_flops = L * 2 * n * dim * ffn * 3  # gate, up, down
-    others = (
-        2 * n * dim * config.vocab_size  # LM head
-        + (2 * L + 1) * 4 * n * dim  # RMSNorms: square, mean, scale, weight
-        + L * 3 * n * (dim + kv_dim)  # RoPE on q and k: two products and a sum per element
-        + L * 5 * n * ffn  # SiLU (about 4) and the gate product
-        + L * 2 * n * dim  # two residual adds per block
+    ffn_flops = L * 2 * (3 * n * dim * ffn + n * ffn)  # gate, up, down, and the product silu(gate) · up
+    others = 2 * (
+        n * dim * config.vocab_size  # LM head
+        + (2 * L + 1) * 2 * n * dim  # RMSNorms: x · rsqrt(mean x²), then · weight
+        + L * 2 * n * (dim + kv_dim)  # RoPE: q · cos and rotate_half(q) · sin, the same for k
     )
     row = {"context": context, "attn_full": attn_full, "attn_s2": attn_s2, "proj": proj, "ffn": ffn_flops,
            "others": others}
