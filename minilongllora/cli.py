@@ -292,6 +292,16 @@ def cmd_flops(args: argparse.Namespace) -> None:
     print(json.dumps(rows) if args.json else format_flops_table(rows))
 
 
+def cmd_reproduce(args: argparse.Namespace) -> None:
+    """Re-run one of the paper's tables or figures at CPU scale and write OUT/NAME.json (minilongllora/reproduce.py).
+    Runs are cached under --cache-dir by their exact TrainConfig, so tables that share a setting share the run.
+    --quick checks the mechanics in seconds (2 steps, tiny evaluations, short contexts): OUT/NAME.quick.json."""
+    from .reproduce import reproduce, result_path
+
+    reproduce(args.name, quick=args.quick, seeds=args.seeds, out=args.out, base=args.base, cache_dir=args.cache_dir)
+    print(f"results: {result_path(args.out, args.name, args.quick)}")
+
+
 # ---------------------------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m minilongllora", description=__doc__,
@@ -371,6 +381,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--context", type=int, nargs="+", required=True, help="context lengths in tokens")
     p.add_argument("--group-size-ratio", type=float, default=None, help="S2-Attn group / context (default 1/4)")
     p.add_argument("--json", action="store_true", help="print only a JSON list, one object per context")
+
+    import textwrap
+
+    from . import reproduce as rep
+
+    p = command("reproduce", cmd_reproduce, formatter_class=argparse.RawDescriptionHelpFormatter,
+                epilog="tables:\n" + "\n".join(textwrap.fill(d, 118, initial_indent=f"  {n:<9}",
+                                                              subsequent_indent=" " * 11)
+                                                for n, d in rep.DESCRIPTIONS.items())
+                + f"\n\nestimated full-run times (1 seed, 2 quiet cores; budget: {rep.STEPS} steps x "
+                  f"{rep.TOKENS_PER_STEP} tokens per run):\n" + rep.estimate_text())
+    p.add_argument("name", help=f"one of {', '.join(rep.TABLES)}")
+    p.add_argument("--quick", action="store_true", help="a couple of steps, 1-2 eval windows, short contexts: the "
+                   "mechanics in seconds; writes NAME.quick.json")
+    p.add_argument("--seeds", type=int, default=1, help="repeat every row with seeds 0..N-1 (default 1)")
+    p.add_argument("--out", default="notebooks/results", help="folder for NAME.json (default notebooks/results)")
+    p.add_argument("--base", default=rep.DEFAULT_BASE, help=f"base HF directory (default {rep.DEFAULT_BASE})")
+    p.add_argument("--cache-dir", default=rep.DEFAULT_CACHE, help=f"trained runs and their evaluations, reused "
+                   f"across tables and invocations (default {rep.DEFAULT_CACHE})")
     return parser
 
 

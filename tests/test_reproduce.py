@@ -1,0 +1,136 @@
+"""`reproduce`: the quick version of tables 1, 8 and 11 writes a complete JSON (settings, command, commit, machine,
+the paper's numbers, rows, summary), runs are shared across tables through the cache, --help shows the estimated
+full-run times, and an unknown table is one `error:` line with exit code 2."""
+
+import json
+
+import pytest
+import torch
+
+from minilongllora import Llama, LlamaConfig, to_hf
+from minilongllora import reproduce as rep
+from minilongllora.cli import main
+
+TOP_KEYS = {"name", "quick", "description", "command", "argv", "git_commit", "started", "seconds", "machine",
+            "settings", "paper", "rows", "summary"}
+
+
+def run(argv, capsys):
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as e:
+        code = e.code or 0
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("reproduce") / "base"
+    to_hf(Llama(LlamaConfig.from_preset("tiny", n_layers=1, dim=64, n_heads=4, n_kv_heads=4, ffn_dim=128,
+                                        max_seq_len=64)), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("reproduce-out")
+    return root / "results", root / "cache"
+
+
+def quick(name, base_dir, dirs, capsys, *extra):
+    out, cache = dirs
+    code, stdout, err = run(["reproduce", name, "--quick", "--out", str(out), "--base", str(base_dir),
+                             "--cache-dir", str(cache), *extra], capsys)
+    assert code == 0, err
+    path = out / f"{name}.quick.json"
+    assert path.is_file() and str(path) in stdout
+    result = json.loads(path.read_text())
+    assert set(result) >= TOP_KEYS
+    assert result["name"] == name and result["quick"] is True
+    assert result["command"].startswith(f"python -m minilongllora reproduce {name} --quick")
+    assert result["git_commit"] is None or len(result["git_commit"]) == 40
+    assert result["machine"]["cpu_count"] >= 1 and result["machine"]["torch"] == torch.__version__
+    assert result["seconds"] >= 0
+    paper = result["paper"]
+    assert "paper" in paper["label"] and paper["source"].startswith("LongLoRA") and paper["rows"]
+    budget = result["settings"]["budget"]
+    assert {"steps", "target_tokens_per_step", "per_context", "tokens_all_runs", "wall_seconds"} <= set(budget)
+    return result
+
+
+def test_table1_quick(base_dir, dirs, capsys):
+    result = quick("table1", base_dir, dirs, capsys)
+    rows = result["rows"]
+    assert len(rows) == 9
+    assert {(r["setting"], r["context"]) for r in rows} == {(s, c) for s in ("full", "short", "s2")
+                                                           for c in (256, 512, 1024)}
+    for r in rows:
+        assert r["seed"] == 0 and r["ppl"] > 1 and r["ppl_last_quarter"] > 1 and len(r["loss_quarters"]) == 4
+        assert r["run"] in result["settings"]["runs"]
+    settings = result["settings"]
+    assert len(settings["train_configs"]) == 9 and settings["budget"]["steps"] == rep.QUICK["steps"]
+    assert {c["seq_len"]: c["rope_factor"] for c in settings["train_configs"]} == {256: 4.0, 512: 8.0, 1024: 16.0}
+    assert all(c["method"] == "full" for c in settings["train_configs"])
+    assert all(run["curve"] for run in settings["runs"].values())  # validation perplexity during training
+    assert {r["setting"] for r in result["paper"]["rows"]} == {"full", "short", "s2"}
+    assert len(result["summary"]) == 9 and all(s["ppl_std"] == 0.0 for s in result["summary"])
+
+
+def test_table8_quick_reuses_table1_runs_and_summarizes_seeds(base_dir, dirs, capsys):
+    table1 = json.loads((dirs[0] / "table1.quick.json").read_text()) if (dirs[0] / "table1.quick.json").is_file() \
+        else quick("table1", base_dir, dirs, capsys)
+    result = quick("table8", base_dir, dirs, capsys, "--seeds", "2")
+    rows = result["rows"]
+    assert len(rows) == 10 and {r["seed"] for r in rows} == {0, 1}
+    assert {r["variant"] for r in rows} == {"full", "roll", "roll_up", "split", "swap"}
+    assert all(r["ppl"] > 1 and r["ppl_last_quarter"] > 1 for r in rows)
+    at_4x = {r["setting"]: r["run"] for r in table1["rows"] if r["context"] == 256}
+    seed0 = {r["variant"]: r for r in rows if r["seed"] == 0}
+    assert seed0["full"]["run"] == at_4x["full"] and seed0["split"]["run"] == at_4x["s2"]  # the same runs
+    assert seed0["full"]["reused"] and seed0["split"]["reused"] and not seed0["roll"]["reused"]
+    assert seed0["split"]["ppl"] == pytest.approx(next(r["ppl"] for r in table1["rows"] if r["run"] == at_4x["s2"]))
+    summary = {s["variant"]: s for s in result["summary"]}
+    assert set(summary) == {"full", "roll", "roll_up", "split", "swap"}
+    assert all(s["seeds"] == [0, 1] and s["ppl_std"] >= 0 and s["ppl_last_quarter_mean"] > 1
+               for s in summary.values())
+    assert {r["variant"] for r in result["paper"]["rows"]} == {"full", "roll", "roll_up", "split", "swap"}
+
+
+def test_table11_quick(base_dir, dirs, capsys):
+    result = quick("table11", base_dir, dirs, capsys)
+    rows = {r["context"]: r for r in result["rows"]}
+    assert set(rows) == {8192, 16384, 32768, 65536}
+    assert round(rows[8192]["total_full"], 1) == 143.5 and round(rows[8192]["total_s2"], 1) == 117.1
+    assert all(r["attn_s2"] == pytest.approx(r["attn_full"] / 4) for r in rows.values())
+    assert result["paper"]["rows"][0]["total"] == 143.5
+
+
+def test_group_size_for_is_the_nearest_even_divisor():
+    assert rep.group_size_for(1536, 1 / 6) == 256 and rep.group_size_for(1536, 1 / 8) == 192
+    assert rep.group_size_for(1024, 1 / 6) == 128  # 170.7 -> 128 (256 is farther)
+    assert rep.group_size_for(384, 1 / 6) == 64
+    plan = rep.Plan.make("base", 256)
+    cfg = plan.config(1536, group_size=256)
+    assert int(cfg.seq_len * cfg.group_size_ratio) == 256
+
+
+def test_help_shows_tables_and_estimates(capsys):
+    code, out, _ = run(["reproduce", "--help"], capsys)
+    assert code == 0 and "usage:" in out
+    for name in rep.TABLES:
+        assert name in out
+    assert "estimated full-run times" in out and "min" in out
+    assert rep.estimate_text() in rep.__doc__  # the module docstring's estimates are the cost model's
+
+
+@pytest.mark.parametrize("args, fragment", [(["table99"], "table99"), (["table1", "--seeds", "0"], "--seeds"),
+                                            (["table1", "--base", "no/such/base"], "no/such/base")])
+def test_bad_input_is_one_error_line(args, fragment, capsys, tmp_path):
+    code, _, err = run(["reproduce", *args, "--out", str(tmp_path), "--cache-dir", str(tmp_path / "cache")], capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], err
+    assert not list(tmp_path.glob("*.json"))
