@@ -66,7 +66,7 @@ def run_context_extension(recipe: str = "extend-tiny-4x", *, max_windows: int = 
     table = [header] + [f"{label:<42}" + "".join(f"{ppl[n]:>10.3f}" for n in lengths) for label, ppl in rows.items()]
     print("\n".join(table))
     plot_perplexity(rows, out / "extension.png", title=f"Before and after LongLoRA: {short} -> {cfg.seq_len} tokens",
-                    contexts={label: (short if label == "base" else cfg.seq_len) for label in rows})
+                    contexts={"base": short, list(rows)[-1]: cfg.seq_len})  # each model's training context
     curves = {label: position_loss(model, docs, cfg.seq_len, max_windows=max_windows // 4, batch_size=4,
                                    check_context=False)
               for label, model in [("base", base), (f"base + PI x{factor:g}", interpolated), ("LongLoRA", extended)]}

@@ -38,16 +38,20 @@ def _cuda_7b(target: int) -> TrainConfig:
 
 
 RECIPES: dict[str, TrainConfig] = {
-    # ~12 min on 2 CPU cores: 2,400 steps x 8 x 256 tokens = 4.9M tokens (0.67 epoch of the 7.3M-token train split)
+    # 3,000 steps x 8 x 256 tokens = 6.1M tokens (0.84 epoch of the 7.3M-token train split); the shipped data/tiny-base
+    # took 26 min with OMP_NUM_THREADS=1 on a busy 2-core machine (validation perplexity 4.06 at 256 tokens)
     "pretrain-tiny": TrainConfig(
-        base="tiny", out_dir="runs/pretrain-tiny", seq_len=256, steps=2400, batch_size=8, grad_accum=1, lr=1e-3,
+        base="tiny", out_dir="runs/pretrain-tiny", seq_len=256, steps=3000, batch_size=8, grad_accum=1, lr=1e-3,
         warmup_steps=100, weight_decay=0.0, method="full", attention="full", precision="fp32",
         gradient_checkpointing=False, save_every=200, eval_every=200, eval_windows=16, log_every=100,
     ),
-    # ~5 min on 2 CPU cores: 600 steps x 4 x 1024 tokens = 2.5M tokens, S2-Attn + LoRA+, PI x4
+    # ~3 min of training on 2 CPU cores: 300 steps x 4 x 1024 tokens = 1.2M tokens, S2-Attn + LoRA+, PI x4. lr 5e-4:
+    # at 2e-3 the full-attention validation perplexity at 1024 ROSE as S2 training went on (4.8 at step 100, 7.8 at
+    # 600: the model forgot how to read keys farther than ~2 groups back), at 1e-3 it turned around after 150 steps,
+    # at 5e-4 it still fell at 250 (4.6); full attention at 2e-3 fell steadily (4.1 at step 100). See README.
     "extend-tiny-4x": TrainConfig(
-        base="data/tiny-base", out_dir="runs/extend-tiny-4x", seq_len=1024, steps=600, batch_size=4, grad_accum=1,
-        lr=2e-3, warmup_steps=20, weight_decay=0.0, method="lora_plus", lora_r=8, lora_alpha=16.0,
+        base="data/tiny-base", out_dir="runs/extend-tiny-4x", seq_len=1024, steps=300, batch_size=4, grad_accum=1,
+        lr=5e-4, warmup_steps=20, weight_decay=0.0, method="lora_plus", lora_r=8, lora_alpha=16.0,
         attention="s2", s2_variant="split", group_size_ratio=0.25, rope_factor=4.0, precision="fp32",
         gradient_checkpointing=False, save_every=100, eval_every=100, eval_windows=8, log_every=50,
     ),
