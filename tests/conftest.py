@@ -40,3 +40,16 @@ def hf_llama(tmp_path, *, hidden=64, layers=2, heads=4, kv_heads=4, ffn=128, voc
     path = tmp_path / "hf"
     model.save_pretrained(path)
     return model.eval(), path
+
+
+def run_cli(argv, capsys) -> tuple[int, str, str]:
+    """`python -m minilongllora ARGV` in this process: (exit code, stdout, stderr)."""
+    from minilongllora.cli import main
+
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as e:
+        code = e.code or 0
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from minilongllora import Llama, LlamaConfig, to_hf
-from minilongllora.cli import main
+from conftest import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMANDS = ("demo", "pretrain", "extend", "eval", "passkey", "merge", "export", "flops")
@@ -20,15 +20,7 @@ TINY = ["--model-overrides", "n_layers=1", "dim=64", "n_heads=4", "n_kv_heads=4"
 QUICK = ["--batch-size", "1", "--warmup-steps", "0", "--eval-every", "0", "--log-every", "100"]
 
 
-def run(argv, capsys) -> tuple[int, str, str]:
-    """main(argv) in this process: (exit code, stdout, stderr)."""
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as e:
-        code = e.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
+run = run_cli
 
 
 def assert_one_error_line(code, err, *fragments, exit_code=2):

@@ -9,20 +9,13 @@ import torch
 
 from minilongllora import Llama, LlamaConfig, to_hf
 from minilongllora import reproduce as rep
-from minilongllora.cli import main
+from conftest import run_cli
 
 TOP_KEYS = {"name", "quick", "description", "command", "argv", "git_commit", "started", "seconds", "machine",
             "settings", "paper", "rows", "summary"}
 
 
-def run(argv, capsys):
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as e:
-        code = e.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
+run = run_cli
 
 
 @pytest.fixture(scope="module")
