@@ -53,3 +53,14 @@ def run_cli(argv, capsys) -> tuple[int, str, str]:
         code = e.code or 0
     out, err = capsys.readouterr()
     return code, out, err
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    """A tiny random HF base (1 layer, width 64, 64-token context) saved once per test module."""
+    from minilongllora import Llama, LlamaConfig, to_hf
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("base") / "base"
+    to_hf(Llama(LlamaConfig.from_preset("tiny", n_layers=1, dim=64, n_heads=4, ffn_dim=128, max_seq_len=64)), path)
+    return path

@@ -11,7 +11,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from minilongllora import Llama, LlamaConfig, to_hf
 from conftest import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,15 +28,6 @@ def assert_one_error_line(code, err, *fragments, exit_code=2):
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
-
-
-@pytest.fixture(scope="module")
-def base_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("cli") / "base"
-    to_hf(Llama(LlamaConfig.from_preset("tiny", n_layers=1, dim=64, n_heads=4, n_kv_heads=4, ffn_dim=128,
-                                        max_seq_len=64)), path)
-    return path
 
 
 @pytest.mark.parametrize("command", COMMANDS)

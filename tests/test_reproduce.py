@@ -7,7 +7,6 @@ import json
 import pytest
 import torch
 
-from minilongllora import Llama, LlamaConfig, to_hf
 from minilongllora import reproduce as rep
 from conftest import run_cli
 
@@ -16,15 +15,6 @@ TOP_KEYS = {"name", "quick", "description", "command", "argv", "git_commit", "st
 
 
 run = run_cli
-
-
-@pytest.fixture(scope="module")
-def base_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("reproduce") / "base"
-    to_hf(Llama(LlamaConfig.from_preset("tiny", n_layers=1, dim=64, n_heads=4, n_kv_heads=4, ffn_dim=128,
-                                        max_seq_len=64)), path)
-    return path
 
 
 @pytest.fixture(scope="module")
