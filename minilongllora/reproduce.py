@@ -35,9 +35,9 @@ table8's split and Figure 5's full FT, table6's s2 is Figure 5's LoRA+, table2's
 Figure 4's model is table2's LoRA+). Every run: 4096 tokens per step (4 x 1024, 2 x 2048, 1 x 4096, 3 x 1536),
 STEPS = 250 optimizer steps (1.0M tokens, 1/7 epoch of the train split; PILOT.md's 0.6M at lr 2e-4 did not recover
 the base's own-context quality, so this is 1.7x the tokens at 5x the rate), AdamW β = (0.9, 0.95), weight decay 0,
-20 warmup steps then constant, clip 1.0, fp32. Learning rate 1e-3 for full fine-tuning (the base's pretraining rate,
-constant to its end: fine-tuning continues at the rate the base finished with, as the paper's 2e-5 does for Llama-2)
-and 2e-3 for LoRA / LoRA+ (the `extend-tiny-4x` recipe's). Seeds 0 … N−1 (`--seeds N`, default 1) change the data
+20 warmup steps then constant, clip 1.0, fp32. Learning rate 1e-3 for every method, full fine-tuning, LoRA and LoRA+
+alike, as the paper uses one rate (2e-5) for all: the base's pretraining rate, constant to its end, so fine-tuning
+continues at the rate the base finished with. (The `extend-tiny-4x` recipe uses 5e-4: see recipes.py for why.) Seeds 0 … N−1 (`--seeds N`, default 1) change the data
 order and the LoRA initialisation; each seed is its own row, `summary` gives mean and std over seeds.
 
 Estimated full-run times, 1 seed, 2 quiet cores (train + evaluation; the model from measured tokens/s: 8,000 tok/s
@@ -98,7 +98,7 @@ DEFAULT_CACHE = "runs/reproduce"
 STEPS = 250  # optimizer steps of every fine-tuning run
 TOKENS_PER_STEP = 4096  # batch = round(4096 / context) sequences
 WARMUP_STEPS = 20
-LR = {"full": 1e-3, "lora": 2e-3, "lora_plus": 2e-3}
+LR = {"full": 1e-3, "lora": 1e-3, "lora_plus": 1e-3}  # one rate for every method, as the paper (2e-5 for all)
 SAVE_EVERY = 50  # checkpoints, for resuming an interrupted run (they change nothing in the trained weights)
 CURVE_POINTS = 10  # validation perplexity every STEPS / 10 steps
 CURVE_TOKENS = 8192  # … over this many validation tokens (eval_windows = 8192 / context)
