@@ -1,6 +1,9 @@
 """The paper's ablations at CPU scale, one JSON per table: `python -m minilongllora reproduce NAME [--quick]`.
 
     table1   full-attention FT vs short attention (pattern 1 only) vs S2-Attn, at 4x / 8x / 16x the base's context
+             (and the starting point, "base+PI": the base with the interpolation, before fine-tuning)
+    table1_lr  (not in the paper) Table 1 at 4x under learning rates 2.5e-4, 5e-4, 1e-3, short and S2-Attn also
+             tested with their own pattern: does S2-Attn's gap to full attention depend on how far fine-tuning moves?
     table2   full FT vs LoRA r = 8, 16, 32, 64 vs LoRA r=8 + norm / + embed / + norm & embed, S2-Attn, at 16x
     table6   attention patterns (S2 across heads / layers, only P1, only P2, dilated, block / stride sparse) at 4x,
              each tested with its own pattern and with full attention
@@ -25,7 +28,7 @@ Metrics of every row (validation split, full attention):
 * `ppl_last_quarter`: exp of the mean loss at the last quarter of window positions (tokens 3n/4 … n−1, predicted
   from at least 3n/4 tokens of context; `evaluate.position_loss`) over the first n tokens of each of the first
   `lq_documents` validation documents. PILOT.md found the effect of short attention there: 11% at the last quarter,
-  4% over all tokens. `loss_quarters` gives the mean loss of each quarter of the window.
+  4% over all tokens. `loss_quarters` gives the mean loss of each quarter of the window, `loss_bins` of each 16th.
 * Every run also logs its validation perplexity every steps/10 steps (train's `val_ppl`: the whole-window mean over
   the first `eval_windows` packed validation windows, 8192 tokens), kept under settings.runs[KEY].curve: the
   recovery from interpolation, and Figure 5's curves.
@@ -37,15 +40,17 @@ STEPS = 250 optimizer steps (1.0M tokens, 1/7 epoch of the train split; PILOT.md
 the base's own-context quality, so this is 1.7x the tokens at 5x the rate), AdamW β = (0.9, 0.95), weight decay 0,
 20 warmup steps then constant, clip 1.0, fp32. Learning rate 1e-3 for every method, full fine-tuning, LoRA and LoRA+
 alike, as the paper uses one rate (2e-5) for all: the base's pretraining rate, constant to its end, so fine-tuning
-continues at the rate the base finished with. (The `extend-tiny-4x` recipe uses 5e-4: see recipes.py for why.) Seeds 0 … N−1 (`--seeds N`, default 1) change the data
-order and the LoRA initialisation; each seed is its own row, `summary` gives mean and std over seeds.
+continues at the rate the base finished with (the `extend-tiny-4x` recipe uses 5e-4: see recipes.py for why; table1_lr
+repeats Table 1 at 4x with 2.5e-4 and 5e-4). Seeds 0 … N−1 (`--seeds N`, default 1) change the data order and the
+LoRA initialisation; each seed is its own row, `summary` gives mean and std over seeds.
 
 Estimated full-run times, 1 seed, 2 quiet cores (train + evaluation; the model from measured tokens/s: 8,000 tok/s
 at 1024 with S2 + LoRA+, 7,000 at 256 with full FT, see `estimate_seconds`). "alone" starts from an empty cache;
 "in order" runs the tables in the order listed, each reusing the runs of the ones before:
 
     table     alone   in order   runs (new in order)
-    table1     36 min   36 min     9 (9)
+    table1     37 min   37 min     9 (9)
+    table1_lr  29 min   19 min     9 (6)
     table8     15 min    9 min     5 (3)
     figure5     5 min    2 min     2 (1)
     table6     18 min   16 min     7 (6)
@@ -53,7 +58,7 @@ at 1024 with S2 + LoRA+, 7,000 at 256 with full FT, see `estimate_seconds`). "al
     figure4     6 min    3 min     1 (0)
     table7     18 min   18 min     5 (5)
     table11     0 min    0 min     0 (0)
-    all              ~ 1 h 50 min  (31 runs of 1.0M tokens; N seeds: about N times as long)
+    all              ~ 2 h 10 min  (37 runs of 1.0M tokens; N seeds: about N times as long)
 
 `--quick` runs every table with 2 steps of 1 sequence at contexts of 4 x 64 … 16 x 64 tokens (PI by context / L
 where that is above 1), 2 evaluation windows, 1 document, 1 passkey trial at 2 lengths: the mechanics in seconds
@@ -89,8 +94,9 @@ import torch
 from .config import LlamaConfig
 from .train import TrainConfig
 
-TABLES = ("table1", "table2", "table6", "table7", "table8", "table11", "figure4", "figure5")
-RUN_ORDER = ("table1", "table8", "figure5", "table6", "table2", "figure4", "table7", "table11")  # most reuse
+TABLES = ("table1", "table2", "table6", "table7", "table8", "table11", "figure4", "figure5", "table1_lr")
+RUN_ORDER = ("table1", "table1_lr", "table8", "figure5", "table6", "table2", "figure4", "table7",  # most reuse first
+             "table11")
 DEFAULT_BASE = "data/tiny-base"
 DEFAULT_CACHE = "runs/reproduce"
 
@@ -105,6 +111,7 @@ CURVE_TOKENS = 8192  # … over this many validation tokens (eval_windows = 8192
 PPL_WINDOWS = 48  # sliding-window perplexity: the first 48 windows (stride 256) of the validation documents
 LQ_DOCUMENTS = 24  # last-quarter perplexity: the first n tokens of the first 24 validation documents (all of them)
 STRIDE = 256  # the paper's S
+LOSS_BINS = 16  # the position-loss curve of every row, as the mean loss of 16 equal bins of window positions
 PASSKEY_TRIALS = 10  # the paper's 10 trials per length
 EXTENDED_PI = 1.5  # Figure 4's "extended PI": 32k -> 48k in the paper, the interpolation factor times 1.5
 
@@ -142,7 +149,7 @@ class Plan:
 
     def config(self, context: int, *, method: str = "full", attention: str = "s2", variant: str = "split",
                group_size: int | None = None, rank: int = 8, train_embed: bool = True, train_norm: bool = True,
-               seed: int = 0) -> TrainConfig:
+               seed: int = 0, lr: float | None = None) -> TrainConfig:
         """The TrainConfig of one row: `context` tokens, PI by context / L, the shared budget."""
         ratio = 0.25
         if group_size is not None:  # an exact group: int(context * ratio) must give it back (TrainConfig's rule)
@@ -151,7 +158,7 @@ class Plan:
                 ratio = (group_size + 0.5) / context
         return TrainConfig(
             base=self.base, out_dir="", seq_len=context, steps=self.steps,
-            batch_size=max(1, round(self.tokens_per_step / context)), grad_accum=1, lr=LR[method],
+            batch_size=max(1, round(self.tokens_per_step / context)), grad_accum=1, lr=lr or LR[method],
             weight_decay=0.0, warmup_steps=self.warmup_steps, betas=(0.9, 0.95), clip=1.0, seed=seed, method=method,
             lora_r=rank, lora_alpha=16.0, lora_dropout=0.0, train_embed=train_embed, train_norm=train_norm,
             attention=attention, s2_variant=variant, group_size_ratio=ratio,
@@ -195,6 +202,10 @@ PAPER: dict[str, dict] = {  # copied from /work/shared/PAPER.md §1 (paper v3); 
                "rows": [{"setting": s, "context": c, "ppl": p} for s, ps in
                         (("full", (8.02, 8.05, 8.04)), ("short", (8.29, 8.83, 9.47)), ("s2", (8.04, 8.03, 8.08)))
                         for c, p in zip((8192, 16384, 32768), ps)]},
+    "table1_lr": {"source": "LongLoRA v3 Table 1 (PAPER.md §1), its 8192 column", "setup": "the paper has no "
+                  "learning-rate ablation: Table 1 at 8192 (2x Llama2's 4096; lr 2e-5 for every row) for reference.",
+                  "rows": [{"setting": s, "lr": 2e-5, "context": 8192, "ppl": p}
+                           for s, p in (("full", 8.02), ("short", 8.29), ("s2", 8.04))]},
     "table2": {"source": "LongLoRA v3 Table 2 (PAPER.md §1)", "setup": "Llama2 7B with S2-Attn, target 32768, "
                "RedPajama, PG19 validation perplexity.",
                "rows": [{"setting": "full", "rank": None, "ppl": 8.08}]
@@ -254,6 +265,9 @@ PAPER: dict[str, dict] = {  # copied from /work/shared/PAPER.md §1 (paper v3); 
 DESCRIPTIONS = {
     "table1": "Table 1: full-attention fine-tuning vs short attention (pattern 1, no shift) vs S2-Attn (split), "
               "full FT with PI, tested with full attention, at 4x / 8x / 16x the base's context",
+    "table1_lr": "Table 1 at 4x the base's context under learning rates 2.5e-4 / 5e-4 / 1e-3 (not in the paper): "
+                 "full-attention FT vs short attention vs S2-Attn, full FT with PI, tested with full attention and "
+                 "(short, S2) with their own pattern",
     "table2": "Table 2: full FT vs LoRA r = 8, 16, 32, 64 vs LoRA r=8 + norm / + embed / + norm & embed, S2-Attn, "
               "at 16x the base's context",
     "table6": "Table 6: attention patterns (S2 across heads / layers, only P1, only P2, dilated, block sparse, stride "
@@ -269,10 +283,10 @@ DESCRIPTIONS = {
 }
 
 # which row fields identify a row (everything else but `seed` is a measurement or a detail of the run)
-ID_FIELDS = {"table1": ("setting", "context"), "table2": ("setting", "rank"),
+ID_FIELDS = {"table1": ("setting", "context"), "table1_lr": ("setting", "lr"), "table2": ("setting", "rank"),
              "table6": ("pattern", "test_full_attention"), "table7": ("group",), "table8": ("variant",),
              "table11": ("context",), "figure4": ("model", "target"), "figure5": ("setting", "step")}
-METRICS = ("ppl", "ppl_last_quarter", "accuracy", "val_ppl")
+METRICS = ("ppl", "ppl_last_quarter", "accuracy", "val_ppl", "ppl_own_pattern", "ppl_last_quarter_own_pattern")
 
 
 # ------------------------------------------------------------------------------------------------------ the tables
@@ -285,6 +299,29 @@ def table1(plan: Plan, runner, seeds) -> list[dict]:
                 run = runner.train(plan.config(n, method="full", attention=setting, seed=seed))
                 rows.append({"setting": setting, "context": n, "seed": seed, "group_size": _group(run["config"]),
                              **runner.ppl(run, n), **runner.last_quarter(run, n), **_run_fields(run)})
+            if seed == seeds[0]:  # the starting point: the base with the run's interpolation, before any step
+                factor = n / plan.base_context
+                rows.append({"setting": "base+PI", "context": n, "seed": None, "group_size": None,
+                             **runner.ppl("base", n, rope_factor=factor),
+                             **runner.last_quarter("base", n, rope_factor=factor)})
+    return rows
+
+
+T1_LR = (2.5e-4, 5e-4, 1e-3)  # 1e-3 is LR["full"]: those three runs are table1's at 4x
+
+
+def table1_lr(plan: Plan, runner, seeds) -> list[dict]:
+    rows, n = [], plan.context(4)
+    for seed in seeds:
+        for lr in T1_LR:
+            for setting in ("full", "short", "s2"):
+                run = runner.train(plan.config(n, method="full", attention=setting, seed=seed, lr=lr))
+                row = {"setting": setting, "lr": lr, "context": n, "seed": seed, "group_size": _group(run["config"]),
+                       **runner.ppl(run, n), **runner.last_quarter(run, n)}
+                if setting != "full":
+                    row["ppl_own_pattern"] = runner.ppl(run, n, "train")["ppl"]
+                    row["ppl_last_quarter_own_pattern"] = runner.last_quarter(run, n, "train")["ppl_last_quarter"]
+                rows.append({**row, **_run_fields(run)})
     return rows
 
 
@@ -407,7 +444,8 @@ def figure5(plan: Plan, runner, seeds) -> list[dict]:
     return rows
 
 
-TABLE_FUNCTIONS = {"table1": table1, "table2": table2, "table6": table6, "table7": table7, "table8": table8,
+TABLE_FUNCTIONS = {"table1": table1, "table1_lr": table1_lr, "table2": table2, "table6": table6, "table7": table7,
+                   "table8": table8,
                    "table11": table11, "figure4": figure4, "figure5": figure5}
 
 
@@ -522,32 +560,36 @@ class Runner:
                              group_size_ratio=cfg.group_size_ratio, eval_attention="train")
         return from_hf(source["final"], **overrides).eval()
 
-    def ppl(self, run: dict, n: int, attention: str = "full") -> dict:
+    def ppl(self, run, n: int, attention: str = "full", rope_factor: float | None = None) -> dict:
+        """Sliding-window perplexity of a run (or of "base", with linear PI by `rope_factor` where given)."""
         from .evaluate import perplexity
 
         spec = {"kind": "ppl", "n": n, "stride": min(STRIDE, n), "windows": self.plan.ppl_windows,
-                "attention": attention}
+                "attention": attention, **({} if rope_factor is None else {"rope_factor": rope_factor})}
 
         def compute():
-            r = perplexity(self._model(run, attention), self.docs, n, stride=min(STRIDE, n),
+            r = perplexity(self._model(run, attention, rope_factor), self.docs, n, stride=min(STRIDE, n),
                            max_windows=self.plan.ppl_windows, batch_size=4, progress=False)
             return {"ppl": r["ppl"], "ppl_tokens": r["tokens_scored"], "ppl_windows": r["windows"]}
 
         return self._cached(run, spec, compute)
 
-    def last_quarter(self, run: dict, n: int, attention: str = "full") -> dict:
+    def last_quarter(self, run, n: int, attention: str = "full", rope_factor: float | None = None) -> dict:
         from .evaluate import position_loss
 
-        spec = {"kind": "last_quarter", "n": n, "documents": self.plan.lq_documents, "attention": attention}
+        spec = {"kind": "last_quarter", "n": n, "documents": self.plan.lq_documents, "attention": attention,
+                "bins": LOSS_BINS, **({} if rope_factor is None else {"rope_factor": rope_factor})}
 
         def compute():
             docs = [d[:n] for d in self.docs if d.numel() >= n][:self.plan.lq_documents]
             if not docs:
                 raise ValueError(f"no validation document holds {n} tokens")
-            curve = position_loss(self._model(run, attention), docs, n, batch_size=4).double()
+            curve = position_loss(self._model(run, attention, rope_factor), docs, n, batch_size=4).double()
             # entry i predicts token i + 1: the last quarter of positions is tokens 3n/4 … n−1
             quarters = [curve[max(0, q * n // 4 - 1):(q + 1) * n // 4 - 1].mean().item() for q in range(4)]
-            return {"ppl_last_quarter": math.exp(quarters[3]), "loss_quarters": quarters,
+            bins = [curve[max(0, b * n // LOSS_BINS - 1):(b + 1) * n // LOSS_BINS - 1].mean().item()
+                    for b in range(LOSS_BINS)]
+            return {"ppl_last_quarter": math.exp(quarters[3]), "loss_quarters": quarters, "loss_bins": bins,
                     "lq_documents": len(docs)}
 
         return self._cached(run, spec, compute)
@@ -628,14 +670,16 @@ class CostRunner:
             self.seen.add(key)
             self.seconds += seconds
 
-    def ppl(self, run, n, attention="full"):
+    def ppl(self, run, n, attention="full", rope_factor=None):
         span = n if attention == "full" else _group(run["config"])
-        self._once(("ppl", run["key"], n, attention), forward_seconds(self.plan.ppl_windows * n, n, span))
+        key = run if run == "base" else run["key"]
+        self._once(("ppl", key, n, attention, rope_factor), forward_seconds(self.plan.ppl_windows * n, n, span))
         return {"ppl": None}
 
-    def last_quarter(self, run, n, attention="full"):
+    def last_quarter(self, run, n, attention="full", rope_factor=None):
         span = n if attention == "full" else _group(run["config"])
-        self._once(("lq", run["key"], n, attention), forward_seconds(self.plan.lq_documents * n, n, span))
+        key = run if run == "base" else run["key"]
+        self._once(("lq", key, n, attention, rope_factor), forward_seconds(self.plan.lq_documents * n, n, span))
         return {"ppl_last_quarter": None}
 
     def passkey(self, source, lengths, trials, rope_factor):

@@ -46,10 +46,13 @@ def quick(name, base_dir, dirs, capsys, *extra):
 
 def test_table1_quick(base_dir, dirs, capsys):
     result = quick("table1", base_dir, dirs, capsys)
-    rows = result["rows"]
+    rows, base = [r for r in result["rows"] if r["setting"] != "base+PI"], \
+        [r for r in result["rows"] if r["setting"] == "base+PI"]
     assert len(rows) == 9
     assert {(r["setting"], r["context"]) for r in rows} == {(s, c) for s in ("full", "short", "s2")
                                                            for c in (256, 512, 1024)}
+    assert sorted(r["context"] for r in base) == [256, 512, 1024]  # the starting point, evaluated once per context
+    assert all(r["ppl"] > 1 and len(r["loss_bins"]) == rep.LOSS_BINS and "run" not in r for r in base)
     for r in rows:
         assert r["seed"] == 0 and r["ppl"] > 1 and r["ppl_last_quarter"] > 1 and len(r["loss_quarters"]) == 4
         assert r["run"] in result["settings"]["runs"]
@@ -59,7 +62,7 @@ def test_table1_quick(base_dir, dirs, capsys):
     assert all(c["method"] == "full" for c in settings["train_configs"])
     assert all(run["curve"] for run in settings["runs"].values())  # validation perplexity during training
     assert {r["setting"] for r in result["paper"]["rows"]} == {"full", "short", "s2"}
-    assert len(result["summary"]) == 9 and all(s["ppl_std"] == 0.0 for s in result["summary"])
+    assert len(result["summary"]) == 12 and all(s["ppl_std"] == 0.0 for s in result["summary"])
 
 
 def test_table8_quick_reuses_table1_runs_and_summarizes_seeds(base_dir, dirs, capsys):
@@ -70,11 +73,11 @@ def test_table8_quick_reuses_table1_runs_and_summarizes_seeds(base_dir, dirs, ca
     assert len(rows) == 10 and {r["seed"] for r in rows} == {0, 1}
     assert {r["variant"] for r in rows} == {"full", "roll", "roll_up", "split", "swap"}
     assert all(r["ppl"] > 1 and r["ppl_last_quarter"] > 1 for r in rows)
-    at_4x = {r["setting"]: r["run"] for r in table1["rows"] if r["context"] == 256}
+    at_4x = {r["setting"]: r["run"] for r in table1["rows"] if r["context"] == 256 and "run" in r}
     seed0 = {r["variant"]: r for r in rows if r["seed"] == 0}
     assert seed0["full"]["run"] == at_4x["full"] and seed0["split"]["run"] == at_4x["s2"]  # the same runs
     assert seed0["full"]["reused"] and seed0["split"]["reused"] and not seed0["roll"]["reused"]
-    assert seed0["split"]["ppl"] == pytest.approx(next(r["ppl"] for r in table1["rows"] if r["run"] == at_4x["s2"]))
+    assert seed0["split"]["ppl"] == pytest.approx(next(r["ppl"] for r in table1["rows"] if r.get("run") == at_4x["s2"]))
     summary = {s["variant"]: s for s in result["summary"]}
     assert set(summary) == {"full", "roll", "roll_up", "split", "swap"}
     assert all(s["seeds"] == [0, 1] and s["ppl_std"] >= 0 and s["ppl_last_quarter_mean"] > 1
@@ -117,3 +120,48 @@ def test_bad_input_is_one_error_line(args, fragment, capsys, tmp_path):
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], err
     assert not list(tmp_path.glob("*.json"))
+
+
+def test_table1_lr_quick_shares_table1s_runs_and_tests_own_patterns(base_dir, dirs, capsys):
+    table1 = json.loads((dirs[0] / "table1.quick.json").read_text()) if (dirs[0] / "table1.quick.json").is_file() \
+        else quick("table1", base_dir, dirs, capsys)
+    result = quick("table1_lr", base_dir, dirs, capsys)
+    rows = result["rows"]
+    assert {(r["setting"], r["lr"]) for r in rows} == {(s, lr) for s in ("full", "short", "s2") for lr in rep.T1_LR}
+    assert {c["lr"] for c in result["settings"]["train_configs"]} == set(rep.T1_LR)
+    at_4x = {r["setting"]: r["run"] for r in table1["rows"] if r["context"] == 256 and "run" in r}
+    default = {r["setting"]: r for r in rows if r["lr"] == rep.LR["full"]}
+    assert all(default[s]["run"] == at_4x[s] and default[s]["reused"] for s in at_4x)  # table1's runs at 4x
+    for r in rows:
+        assert ("ppl_own_pattern" in r) == (r["setting"] != "full")
+        assert r.get("ppl_own_pattern", 2.0) > 1 and len(r["loss_bins"]) == rep.LOSS_BINS
+
+
+@pytest.mark.parametrize("name, ids", [
+    ("table2", {(s, r) for s, r, _ in rep.T2_SETTINGS}),
+    ("table6", {(p, full) for p in rep.T6_NAMES for full in (False, True)}),
+    ("table7", {(g,) for g, _ in rep.T7_FRACTIONS}),
+    ("figure5", None), ("figure4", None)])
+def test_other_tables_quick(name, ids, base_dir, dirs, capsys):
+    result = quick(name, base_dir, dirs, capsys)
+    rows = result["rows"]
+    if ids is not None:
+        assert {tuple(r[f] for f in rep.ID_FIELDS[name]) for r in rows} == ids
+        assert all(r["ppl"] > 1 and r["ppl_last_quarter"] > 1 for r in rows)
+    if name == "table2":
+        params = {(r["setting"], r["rank"]): r["trainable_params"] for r in rows}
+        assert params[("lora", 8)] < params[("lora+norm", 8)] < params[("lora+embed", 8)] \
+            < params[("lora+norm+embed", 8)] < params[("full", None)]
+        assert params[("lora", 16)] == 2 * params[("lora", 8)]
+    if name == "table6":
+        by = {(r["pattern"], r["test_full_attention"]): r["ppl"] for r in rows}
+        assert by[("s2", True)] != by[("s2", False)]  # a model's own pattern is a different computation
+    if name == "figure5":
+        assert {r["setting"] for r in rows} == {"full", "lora_plus"}
+        starts = [r["val_ppl"] for r in rows if r["step"] == 0]
+        assert len(starts) == 2 and starts[0] == starts[1]  # both start from the same interpolated base
+    if name == "figure4":
+        assert {r["model"] for r in rows} == {"base", "base + extended PI", "extended", "extended + extended PI"}
+        assert all(0 <= r["accuracy"] <= 1 for r in rows)
+        factors = {r["model"]: r["rope_factor"] for r in rows}
+        assert factors["extended + extended PI"] == pytest.approx(rep.EXTENDED_PI * factors["extended"])

@@ -1,0 +1,114 @@
+"""`results`: the committed results files of the reproductions (notebooks/results/*.json) read back, compared with the
+paper's numbers by hand-computed ratios, plotted and summed up in a sentence; a missing file names its command."""
+
+import math
+from pathlib import Path
+
+import pytest
+
+from minilongllora import reproduce as rep
+from minilongllora import results
+
+RESULTS = Path(__file__).resolve().parent.parent / "notebooks" / "results"
+NAMES = [name for name in rep.TABLES if (RESULTS / f"{name}.json").is_file()]
+
+
+def test_all_tables_have_a_committed_result():
+    assert set(NAMES) == set(rep.TABLES)
+
+
+@pytest.fixture(params=NAMES)
+def result(request):
+    return results.load(request.param, RESULTS)
+
+
+def test_results_files_are_full_runs_with_their_command(result):
+    name = result["name"]
+    assert result["quick"] is False
+    assert result["command"].startswith(f"python -m minilongllora reproduce {name} ")
+    assert result["machine"]["torch"] and result["seconds"] >= 0
+    if name != "table11":
+        assert result["settings"]["budget"]["steps"] == rep.STEPS
+        assert all(c["steps"] == rep.STEPS for c in result["settings"]["train_configs"])
+        assert all(c["lr"] in (*rep.LR.values(), *rep.T1_LR) for c in result["settings"]["train_configs"])
+
+
+def _by(rows, **match):
+    values = [r for r in rows if all(r.get(k) == v for k, v in match.items())]
+    assert values, match
+    return sum(r["ppl"] for r in values) / len(values)
+
+
+def test_compare_relative_values_by_hand(result):
+    name, rows, cmp = result["name"], result["rows"], results.compare(result)
+    assert cmp
+    if name == "table1":
+        for n in {r["context"] for r in rows}:
+            s2 = next(c for c in cmp if c["label"].startswith(f"s2 @ {n} "))
+            assert s2["ours_rel"] == pytest.approx(_by(rows, setting="s2", context=n)
+                                                   / _by(rows, setting="full", context=n) - 1, rel=1e-12)
+        first = next(c for c in cmp if c["label"].startswith("short @ "))
+        assert first["paper"] == 8.29 and first["paper_rel"] == pytest.approx(8.29 / 8.02 - 1)
+    elif name == "table1_lr":
+        for lr in rep.T1_LR:
+            row = next(c for c in cmp if c["label"] == f"s2 lr={lr:g}")
+            full = _by(rows, setting="full", lr=lr)
+            assert row["ours_rel"] == pytest.approx(_by(rows, setting="s2", lr=lr) / full - 1, rel=1e-12)
+            own = next(r["ppl_own_pattern"] for r in rows if r["setting"] == "s2" and r["lr"] == lr)
+            assert row["ours_own_rel"] == pytest.approx(own / full - 1, rel=1e-12)
+    elif name == "table2":
+        lora8 = next(c for c in cmp if c["label"] == "lora r=8")
+        assert lora8["paper_rel"] == pytest.approx(11.44 / 8.08 - 1)
+        assert lora8["ours_rel"] == pytest.approx(_by(rows, setting="lora", rank=8) / _by(rows, setting="full") - 1)
+    elif name == "table6":
+        own = next(c for c in cmp if c["label"] == "s2 tested own")
+        ref = _by(rows, pattern="s2", test_full_attention=True)
+        assert own["ours_rel"] == pytest.approx(_by(rows, pattern="s2", test_full_attention=False) / ref - 1)
+        assert own["paper_rel"] == pytest.approx(8.64 / 8.12 - 1)
+        assert len(cmp) == 14
+    elif name in ("table7", "table8"):
+        key = "group" if name == "table7" else "variant"
+        ref = _by(rows, **{key: "full"})
+        for c in cmp:
+            assert c["ours_rel"] == pytest.approx(_by(rows, **{key: c["label"].split()[0]}) / ref - 1)
+    elif name == "table11":
+        assert cmp[0]["label"] == "8192 full" and round(cmp[0]["total"], 1) == cmp[0]["paper_total"] == 143.5
+        assert round(cmp[1]["total"], 1) == cmp[1]["paper_total"] == 117.1
+    elif name == "figure4":
+        for c in cmp:
+            trials = [r["accuracy"] for r in rows if r["model"] == c["label"] and r["length"] == c["length"]]
+            assert c["ours"] == pytest.approx(sum(trials) / len(trials)) and 0 <= c["ours"] <= 1
+    elif name == "figure5":
+        for c in cmp:
+            start = next(r["val_ppl"] for r in rows if r["setting"] == c["label"] and r["step"] == 0)
+            assert c["ours_rel_start"] == pytest.approx(c["ours"] / start - 1)
+
+
+def test_plot_verdict_and_describe(result):
+    fig = results.plot(result)
+    assert len(fig.axes) == 2 and all(ax.has_data() for ax in fig.axes)
+    sentence = results.verdict(result)
+    assert isinstance(sentence, str) and ("%" in sentence or "TFLOPs" in sentence)
+    assert not any(w in sentence for w in ("nan", "None"))
+    assert result["command"] in results.describe(result).replace("\n  ", " ")
+    if result["name"] not in ("table11",):
+        assert results.curves(result) and len(results.plot_curves(result).axes) == 1
+
+
+def test_loss_by_position_has_a_panel_per_context():
+    table1 = results.load("table1", RESULTS)
+    fig = results.plot_loss_by_position(table1)
+    assert len(fig.axes) == len({r["context"] for r in table1["rows"]})
+
+
+def test_format_rows_and_a_quick_result_says_so():
+    text = results.format_rows([{"label": "a", "ours": 1.23456, "ours_rel": 0.1, "paper": None}])
+    assert text.splitlines()[1].split() == ["a", "1.235", "+10.0%", "-"]
+    quick = {**results.load("table8", RESULTS), "quick": True}
+    assert "mean nothing" in results.verdict(quick)
+    assert not math.isnan(results.compare(quick)[0]["ours"])
+
+
+def test_missing_results_name_the_command(tmp_path):
+    with pytest.raises(FileNotFoundError, match="python -m minilongllora reproduce table2"):
+        results.load("table2", tmp_path)
