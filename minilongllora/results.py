@@ -169,6 +169,16 @@ def _figure(ncols: int = 2, width: float = 11.0, height: float = 3.8):
     return fig, axes
 
 
+def _plain_log(ax) -> None:
+    """A log y axis labelled 4, 6, 10, 20 rather than 4×10⁰ …"""
+    from matplotlib.ticker import FormatStrFormatter
+
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+    ax.tick_params(axis="y", which="minor", labelsize=7)
+
+
 def _bars(ax, labels: list[str], values: list[float | None], title: str, ylabel: str, colors=None):
     xs = range(len(labels))
     heights = [math.nan if v is None else 100 * v for v in values]
@@ -275,7 +285,7 @@ def plot(result: dict):
         for ax, title in ((a, PAPER_MODEL), (b, OUR_MODEL + quick)):
             ax.set_xlabel("fine-tuning step")
             ax.set_ylabel("validation perplexity (full attention)")
-            ax.set_yscale("log")
+            _plain_log(ax)
             ax.set_title(title, fontsize=9)
             ax.legend(fontsize=8)
     else:
@@ -419,7 +429,7 @@ def plot_curves(result: dict, select=None):
     for label, pts in curves(result).items():
         if select is None or select(label):
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=label)
-    ax.set_yscale("log")
+    _plain_log(ax)
     ax.set_xlabel("fine-tuning step")
     ax.set_ylabel("validation perplexity (full attention)")
     ax.set_title(f"{result['name']}: validation perplexity during fine-tuning", fontsize=9)
