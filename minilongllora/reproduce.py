@@ -2,7 +2,7 @@
 
     table1   full-attention FT vs short attention (pattern 1 only) vs S2-Attn, at 4x / 8x / 16x the base's context
              (and the starting point, "base+PI": the base with the interpolation, before fine-tuning)
-    table1_lr  (not in the paper) Table 1 at 4x under learning rates 2.5e-4, 5e-4, 1e-3, short and S2-Attn also
+    table1_lr  (not in the paper) Table 1 at 4x under learning rates 1e-4, 2.5e-4, 5e-4, 1e-3, short and S2-Attn also
              tested with their own pattern: does S2-Attn's gap to full attention depend on how far fine-tuning moves?
     table2   full FT vs LoRA r = 8, 16, 32, 64 vs LoRA r=8 + norm / + embed / + norm & embed, S2-Attn, at 16x
     table6   attention patterns (S2 across heads / layers, only P1, only P2, dilated, block / stride sparse) at 4x,
@@ -41,7 +41,7 @@ the base's own-context quality, so this is 1.7x the tokens at 5x the rate), Adam
 20 warmup steps then constant, clip 1.0, fp32. Learning rate 1e-3 for every method, full fine-tuning, LoRA and LoRA+
 alike, as the paper uses one rate (2e-5) for all: the base's pretraining rate, constant to its end, so fine-tuning
 continues at the rate the base finished with (the `extend-tiny-4x` recipe uses 5e-4: see recipes.py for why; table1_lr
-repeats Table 1 at 4x with 2.5e-4 and 5e-4). Seeds 0 … N−1 (`--seeds N`, default 1) change the data order and the
+repeats Table 1 at 4x with 1e-4, 2.5e-4 and 5e-4). Seeds 0 … N−1 (`--seeds N`, default 1) change the data order and the
 LoRA initialisation; each seed is its own row, `summary` gives mean and std over seeds.
 
 Estimated full-run times, 1 seed, 2 quiet cores (train + evaluation; the model from measured tokens/s: 8,000 tok/s
@@ -50,7 +50,7 @@ at 1024 with S2 + LoRA+, 7,000 at 256 with full FT, see `estimate_seconds`). "al
 
     table     alone   in order   runs (new in order)
     table1     37 min   37 min     9 (9)
-    table1_lr  29 min   19 min     9 (6)
+    table1_lr  38 min   29 min     12 (9)
     table8     15 min    9 min     5 (3)
     figure5     5 min    2 min     2 (1)
     table6     18 min   16 min     7 (6)
@@ -58,7 +58,7 @@ at 1024 with S2 + LoRA+, 7,000 at 256 with full FT, see `estimate_seconds`). "al
     figure4     6 min    3 min     1 (0)
     table7     18 min   18 min     5 (5)
     table11     0 min    0 min     0 (0)
-    all              ~ 2 h 10 min  (37 runs of 1.0M tokens; N seeds: about N times as long)
+    all              ~ 2 h 20 min  (40 runs of 1.0M tokens; N seeds: about N times as long)
 
 `--quick` runs every table with 2 steps of 1 sequence at contexts of 4 x 64 … 16 x 64 tokens (PI by context / L
 where that is above 1), 2 evaluation windows, 1 document, 1 passkey trial at 2 lengths: the mechanics in seconds
@@ -197,7 +197,7 @@ def group_size_for(context: int, fraction: float) -> int:
 DESCRIPTIONS = {
     "table1": "Table 1: full-attention fine-tuning vs short attention (pattern 1, no shift) vs S2-Attn (split), "
               "full FT with PI, tested with full attention, at 4x / 8x / 16x the base's context",
-    "table1_lr": "Table 1 at 4x the base's context under learning rates 2.5e-4 / 5e-4 / 1e-3 (not in the paper): "
+    "table1_lr": "Table 1 at 4x the base's context under learning rates 1e-4 / 2.5e-4 / 5e-4 / 1e-3 (not in the paper): "
                  "full-attention FT vs short attention vs S2-Attn, full FT with PI, tested with full attention and "
                  "(short, S2) with their own pattern",
     "table2": "Table 2: full FT vs LoRA r = 8, 16, 32, 64 vs LoRA r=8 + norm / + embed / + norm & embed, S2-Attn, "
@@ -239,7 +239,7 @@ def table1(plan: Plan, runner, seeds) -> list[dict]:
     return rows
 
 
-T1_LR = (2.5e-4, 5e-4, 1e-3)  # 1e-3 is LR["full"]: those three runs are table1's at 4x
+T1_LR = (1e-4, 2.5e-4, 5e-4, 1e-3)  # 1e-3 is LR["full"]: those three runs are table1's at 4x
 
 
 def table1_lr(plan: Plan, runner, seeds) -> list[dict]:
