@@ -365,16 +365,26 @@ def verdict(result: dict) -> str:
         paper = {r["label"].split()[0]: r["paper_rel"] for r in rows if r["label"].endswith("tested full")
                  and not r["label"].startswith("s2 ")}
         best, p_best = min(others, key=lambda k: others[k]), min(paper, key=lambda k: paper[k])
+        better = sorted(k for k, v in others.items() if v < 0)
         return (f"Table 6 ({seeds}): tested with full attention, the paper's S2-Attn beats every other pattern "
                 f"(next best {p_best}, {_pct(paper[p_best])}); ours, the best other pattern is {best} at "
-                f"{_pct(others[best])} from S2-Attn"
-                f"; S2-Attn tested with its own pattern is {_pct(own)} from itself tested with full attention "
+                f"{_pct(others[best])} from S2-Attn, and {len(better)} of {len(others)} patterns beat S2-Attn"
+                + (f" ({', '.join(better)}), unlike the paper" if better else ", as in the paper")
+                + f"; S2-Attn tested with its own pattern is {_pct(own)} from itself tested with full attention "
                 f"(paper {_pct(get['s2 tested own']['paper_rel'])}).")
     if name == "table7":
-        sized = [r for r in rows if not r["label"].startswith("full")]
+        sized = [r for r in rows if not r["label"].startswith("full")]  # 1/2, 1/4, 1/6, 1/8: shrinking groups
+        grows = all(a["ours_rel"] <= b["ours_rel"] for a, b in zip(sized, sized[1:]))
+        grows_3q = all(a["ours_3q_rel"] <= b["ours_3q_rel"] for a, b in zip(sized, sized[1:]))
         return (f"Table 7 ({seeds}): paper, groups 1/2…1/8 cost {_pct(sized[0]['paper_rel'])}…"
                 f"{_pct(sized[-1]['paper_rel'])} over full attention, growing as groups shrink; ours "
-                + ", ".join(f"{r['label'].split()[0]} {_pct(r['ours_rel'])}" for r in sized) + ".")
+                + ", ".join(f"{r['label'].split()[0]} {_pct(r['ours_rel'])}" for r in sized)
+                + " (first three quarters of the window: "
+                + ", ".join(f"{_pct(r['ours_3q_rel'])}" for r in sized) + "): the cost "
+                + ("grows as groups shrink, as in the paper, " if grows and grows_3q else
+                   "does not grow steadily as groups shrink, unlike the paper, ")
+                + ("but it is tens of times the paper's (the failure of Table 1)." if sized[0]["ours_rel"] > 0.1
+                   else "and is of the paper's size."))
     if name == "table8":
         variants = [r for r in rows if r["label"] != "full"]
         spread = max(r["ours_rel"] for r in variants) - min(r["ours_rel"] for r in variants)
@@ -426,6 +436,9 @@ def _run_label(config: dict) -> str:
     parts = [method, {"full": "full attention", "s2": "S2-Attn"}.get(config["attention"], config["attention"])]
     if config["attention"] == "s2" and config.get("s2_variant", "split") != "split":
         parts.append(config["s2_variant"])
+    ratio = config.get("group_size_ratio", 0.25)
+    if config["attention"] != "full" and abs(ratio - 0.25) > 1e-9:  # Table 7: the group size tells the runs apart
+        parts.append(f"group {max(2, int(config['seq_len'] * ratio))}")
     if config["method"] != "full" and config.get("lora_r") != 8:
         parts.append(f"r={config['lora_r']}")
     parts += [f"{config['seq_len']} tokens", f"lr {config['lr']:g}"]
@@ -487,30 +500,35 @@ def describe(result: dict) -> str:
                      for line in lines)
 
 
-def plot_loss_by_position(result: dict, panel: str = "context"):
+def plot_loss_by_position(result: dict, panel: str = "context", line: str = "setting"):
     """Mean next-token loss (full attention) against position in the window: 16 bins (`loss_bins`) where the results
-    have them, else the 4 quarters; one panel per value of `panel` ("context" in table1, "lr" in table1_lr), one
-    line per setting: where in the window short or S2-Attn training loses against full attention."""
+    have them, else the 4 quarters; one panel per value of `panel` ("context" in table1 and table7, "lr" in
+    table1_lr), one line per value of `line` ("setting"; "group" in table7): where in the window short or S2-Attn
+    training loses against full attention. A dotted line marks the group size where a panel has one."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     rows = result["rows"]
     values = sorted({r[panel] for r in rows})
-    fig = Figure(figsize=(3.6 * len(values), 3.4), dpi=90)
+    lines = list(dict.fromkeys(r[line] for r in rows))
+    if "base+PI" in lines:  # the starting point first, drawn in gray
+        lines = ["base+PI"] + [x for x in lines if x != "base+PI"]
+    fig = Figure(figsize=(max(3.6 * len(values), 5.0), 3.4), dpi=90)
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(values), sharey=True, squeeze=False)[0]
     for ax, value in zip(axes, values):
-        group = None
-        for setting, marker in (("base+PI", "x"), ("full", "o"), ("short", "s"), ("s2", "^")):
-            members = [r for r in rows if r[panel] == value and r.get("setting") == setting]
+        groups = set()
+        for i, name in enumerate(lines):
+            members = [r for r in rows if r[panel] == value and r.get(line) == name]
             if not members:
                 continue
             key = "loss_bins" if all("loss_bins" in m for m in members) else "loss_quarters"
             k, n = len(members[0][key]), members[0]["context"]
-            mean = [sum(m[key][i] for m in members) / len(members) for i in range(k)]
-            style = dict(color="gray", ls="--", lw=1) if setting == "base+PI" else {}
-            ax.plot([(i + 0.5) / k for i in range(k)], mean, marker=marker, ms=4, label=setting, **style)
-            group = group or next((m.get("group_size") for m in members if m.get("group_size")), None)
+            mean = [sum(m[key][j] for m in members) / len(members) for j in range(k)]
+            style = dict(color="gray", ls="--", lw=1) if name == "base+PI" else {}
+            ax.plot([(j + 0.5) / k for j in range(k)], mean, marker="xos^vD<>"[i % 8], ms=4, label=str(name), **style)
+            groups |= {m["group_size"] for m in members if m.get("group_size")}
+        group = groups.pop() if len(groups) == 1 else None
         if group:
             ax.axvline(group / n, color="gray", ls=":", lw=0.8)
         ax.set_xlabel("position in the window (fraction of n)")
