@@ -25,6 +25,9 @@ their own block causally, so no query is left without a key. (Its full off-diago
 third of full attention's pairs, against about a quarter for s2, dilated and stride_sparse.) "stride_sparse" (Table 6, Child et al. 2019, "local size
 n/4 and stride √n"): the first half of the heads local, query i reads keys i − G < j ≤ i; the second half strided,
 query i reads keys j ≤ i with (i − j) % s == 0, s the largest divisor of n that is ≤ round(√n).
+"local" (not a LongLoRA pattern): a sliding window, every head reads the last G keys, i − G < j ≤ i (Longformer,
+Mistral). Used here to test a trained model with everything further back than G masked: how far back can a model
+that was fine-tuned with groups of n/4 read? (notebook 08).
 
 Pattern 2, the shifted heads (S2_VARIANTS; s = G/2). "roll" is Algorithm 1 exactly: roll the sequence by −s (position
 p holds token (p + s) mod n), attend in groups of G, ungroup, then roll back by +s (rolling back inside the groups is
@@ -55,9 +58,10 @@ import torch
 import torch.nn.functional as F
 from einops import einsum, rearrange, repeat
 
-PATTERNS = ("full", "short", "shift_all", "s2", "s2_layers", "dilated", "block_sparse", "stride_sparse")
+PATTERNS = ("full", "short", "shift_all", "s2", "s2_layers", "dilated", "block_sparse", "stride_sparse", "local")
 S2_VARIANTS = ("split", "roll", "roll_up", "swap")
-HEAD_CHUNKS = {"short": 1, "shift_all": 1, "s2": 2, "s2_layers": 1, "dilated": 2, "block_sparse": 4, "stride_sparse": 2}
+HEAD_CHUNKS = {"short": 1, "shift_all": 1, "s2": 2, "s2_layers": 1, "dilated": 2, "block_sparse": 4, "stride_sparse": 2,
+               "local": 1}
 
 
 # checks -----------------------------------------------------------------------------------------------------------
@@ -233,6 +237,7 @@ def _head_plan(pattern: str, G: int, variant: str, layer_idx: int) -> list:
         "dilated": [p1, lambda q, k, v: _dilated2(q, k, v, G)],
         "block_sparse": [lambda q, k, v, j=j: _block_back(q, k, v, G, j) for j in range(4)],
         "stride_sparse": [lambda q, k, v: _local(q, k, v, G), _strided],
+        "local": [lambda q, k, v: _local(q, k, v, G)],
     }[pattern]
 
 
@@ -311,6 +316,7 @@ def attention_mask(pattern: str, seq_len: int, group_size: int, n_heads: int, *,
         "dilated": [p1, _in_group_causal(t // (2 * G) * 2 + t % 2, t)],
         "block_sparse": [_block_back_mask(t, G, jj) for jj in range(4)],
         "stride_sparse": [(j <= i) & (j > i - G), (j <= i) & ((i - j) % stride_of(n) == 0)],
+        "local": [(j <= i) & (j > i - G)],
     }[pattern]
     return repeat(torch.stack(chunks), "c i j -> (c r) i j", r=n_heads // len(chunks))
 

@@ -4,6 +4,8 @@
              (and the starting point, "base+PI": the base with the interpolation, before fine-tuning)
     table1_lr  (not in the paper) Table 1 at 4x under learning rates 1e-4, 2.5e-4, 5e-4, 1e-3, short and S2-Attn also
              tested with their own pattern: does S2-Attn's gap to full attention depend on how far fine-tuning moves?
+    table1_window  (not in the paper) table1's three models at 4x tested with a sliding window of n/8, n/4, n/2 and
+             with full attention: which keys break the grouped models when they are tested with full attention?
     table2   full FT vs LoRA r = 8, 16, 32, 64 vs LoRA r=8 + norm / + embed / + norm & embed, S2-Attn, at 16x
     table6   attention patterns (S2 across heads / layers, only P1, only P2, dilated, block / stride sparse) at 4x,
              each tested with its own pattern and with full attention
@@ -48,17 +50,18 @@ Estimated full-run times, 1 seed, 2 quiet cores (train + evaluation; the model f
 at 1024 with S2 + LoRA+, 7,000 at 256 with full FT, see `estimate_seconds`). "alone" starts from an empty cache;
 "in order" runs the tables in the order listed, each reusing the runs of the ones before:
 
-    table     alone   in order   runs (new in order)
-    table1     37 min   37 min     9 (9)
-    table1_lr  38 min   29 min     12 (9)
-    table8     15 min    9 min     5 (3)
-    figure5     5 min    2 min     2 (1)
-    table6     18 min   16 min     7 (6)
-    table2     30 min   25 min     8 (7)
-    figure4     6 min    3 min     1 (0)
-    table7     18 min   18 min     5 (5)
-    table11     0 min    0 min     0 (0)
-    all              ~ 2 h 20 min  (40 runs of 1.0M tokens; N seeds: about N times as long)
+    table          alone   in order   runs (new in order)
+    table1          37 min   37 min     9 (9)
+    table1_lr       38 min   29 min     12 (9)
+    table1_window   10 min    1 min     3 (0)
+    table8          15 min    9 min     5 (3)
+    figure5          5 min    2 min     2 (1)
+    table6          18 min   16 min     7 (6)
+    table2          30 min   25 min     8 (7)
+    figure4          6 min    3 min     1 (0)
+    table7          18 min   18 min     5 (5)
+    table11          0 min    0 min     0 (0)
+    all                   ~ 2 h 21 min  (40 runs of 1.0M tokens; N seeds: about N times as long)
 
 `--quick` runs every table with 2 steps of 1 sequence at contexts of 4 x 64 … 16 x 64 tokens (PI by context / L
 where that is above 1), 2 evaluation windows, 1 document, 1 passkey trial at 2 lengths: the mechanics in seconds
@@ -95,8 +98,9 @@ from .config import LlamaConfig
 from .paper import PAPER, T6_PATTERNS  # the paper's numbers (Llama2 7B), in our row fields
 from .train import TrainConfig
 
-TABLES = ("table1", "table2", "table6", "table7", "table8", "table11", "figure4", "figure5", "table1_lr")
-RUN_ORDER = ("table1", "table1_lr", "table8", "figure5", "table6", "table2", "figure4", "table7",  # most reuse first
+TABLES = ("table1", "table2", "table6", "table7", "table8", "table11", "figure4", "figure5", "table1_lr",
+          "table1_window")
+RUN_ORDER = ("table1", "table1_lr", "table1_window", "table8", "figure5", "table6", "table2", "figure4", "table7",  # most reuse first
              "table11")
 DEFAULT_BASE = "data/tiny-base"
 DEFAULT_CACHE = "runs/reproduce"
@@ -200,6 +204,8 @@ DESCRIPTIONS = {
     "table1_lr": "Table 1 at 4x the base's context under learning rates 1e-4 / 2.5e-4 / 5e-4 / 1e-3 (not in the paper): "
                  "full-attention FT vs short attention vs S2-Attn, full FT with PI, tested with full attention and "
                  "(short, S2) with their own pattern",
+    "table1_window": "Table 1's models at 4x (full-attention FT, short attention, S2-Attn; full FT with PI) tested "
+                     "with a sliding window of n/8, n/4, n/2 tokens and with full attention (not in the paper)",
     "table2": "Table 2: full FT vs LoRA r = 8, 16, 32, 64 vs LoRA r=8 + norm / + embed / + norm & embed, S2-Attn, "
               "at 16x the base's context",
     "table6": "Table 6: attention patterns (S2 across heads / layers, only P1, only P2, dilated, block sparse, stride "
@@ -215,7 +221,7 @@ DESCRIPTIONS = {
 }
 
 # which row fields identify a row (everything else but `seed` is a measurement or a detail of the run)
-ID_FIELDS = {"table1": ("setting", "context"), "table1_lr": ("setting", "lr"), "table2": ("setting", "rank"),
+ID_FIELDS = {"table1": ("setting", "context"), "table1_lr": ("setting", "lr"), "table1_window": ("setting", "window"), "table2": ("setting", "rank"),
              "table6": ("pattern", "test_full_attention"), "table7": ("group",), "table8": ("variant",),
              "table11": ("context",), "figure4": ("model", "target"), "figure5": ("setting", "step")}
 METRICS = ("ppl", "ppl_last_quarter", "accuracy", "val_ppl", "ppl_own_pattern", "ppl_last_quarter_own_pattern")
@@ -254,6 +260,24 @@ def table1_lr(plan: Plan, runner, seeds) -> list[dict]:
                     row["ppl_own_pattern"] = runner.ppl(run, n, "train")["ppl"]
                     row["ppl_last_quarter_own_pattern"] = runner.last_quarter(run, n, "train")["ppl_last_quarter"]
                 rows.append({**row, **_run_fields(run)})
+    return rows
+
+
+T1_WINDOWS = (1 / 8, 1 / 4, 1 / 2, 1)  # the sliding window as a fraction of the context; 1 is full attention
+
+
+def table1_window(plan: Plan, runner, seeds) -> list[dict]:
+    """Table 1's runs at 4x, each tested with attention limited to the last W keys (`attention.PATTERNS`' "local"):
+    the grouped models trained on distances below n/4 only; which distances make them fail under full attention?"""
+    rows, n = [], plan.context(4)
+    for seed in seeds:
+        for setting in ("full", "short", "s2"):
+            run = runner.train(plan.config(n, method="full", attention=setting, seed=seed))
+            for fraction in T1_WINDOWS:
+                attention = "full" if fraction == 1 else f"local {fraction:g}"
+                rows.append({"setting": setting, "window": int(n * fraction), "context": n, "seed": seed,
+                             "group_size": _group(run["config"]), **runner.ppl(run, n, attention),
+                             **runner.last_quarter(run, n, attention), **_run_fields(run)})
     return rows
 
 
@@ -376,7 +400,7 @@ def figure5(plan: Plan, runner, seeds) -> list[dict]:
     return rows
 
 
-TABLE_FUNCTIONS = {"table1": table1, "table1_lr": table1_lr, "table2": table2, "table6": table6, "table7": table7,
+TABLE_FUNCTIONS = {"table1": table1, "table1_lr": table1_lr, "table1_window": table1_window, "table2": table2, "table6": table6, "table7": table7,
                    "table8": table8,
                    "table11": table11, "figure4": figure4, "figure5": figure5}
 
@@ -490,6 +514,8 @@ class Runner:
         if attention == "train":
             overrides.update(attention=cfg.attention, s2_variant=cfg.s2_variant,
                              group_size_ratio=cfg.group_size_ratio, eval_attention="train")
+        elif attention.startswith("local "):  # "local F": a sliding window of F x the evaluated length
+            overrides.update(attention="local", group_size_ratio=float(attention.split()[1]), eval_attention="train")
         return from_hf(source["final"], **overrides).eval()
 
     def ppl(self, run, n: int, attention: str = "full", rope_factor: float | None = None) -> dict:
@@ -602,14 +628,20 @@ class CostRunner:
             self.seen.add(key)
             self.seconds += seconds
 
+    @staticmethod
+    def _span(run, n, attention) -> int:
+        if attention.startswith("local "):
+            return int(2 * n * float(attention.split()[1]))  # blocks of W queries read 2W keys
+        return n if attention == "full" else _group(run["config"])
+
     def ppl(self, run, n, attention="full", rope_factor=None):
-        span = n if attention == "full" else _group(run["config"])
+        span = self._span(run, n, attention)
         key = run if run == "base" else run["key"]
         self._once(("ppl", key, n, attention, rope_factor), forward_seconds(self.plan.ppl_windows * n, n, span))
         return {"ppl": None}
 
     def last_quarter(self, run, n, attention="full", rope_factor=None):
-        span = n if attention == "full" else _group(run["config"])
+        span = self._span(run, n, attention)
         key = run if run == "base" else run["key"]
         self._once(("lq", key, n, attention, rope_factor), forward_seconds(self.plan.lq_documents * n, n, span))
         return {"ppl_last_quarter": None}
@@ -644,13 +676,13 @@ def estimate_seconds(names=RUN_ORDER, *, seeds: int = 1, base_context: int = 256
 def estimate_text(seeds: int = 1) -> str:
     """The estimate as the table in the module docstring."""
     est = estimate_seconds(seeds=seeds)
-    lines = ["    table     alone   in order   runs (new in order)"]
+    lines = ["    table          alone   in order   runs (new in order)"]
     for name in RUN_ORDER:
         e = est[name]
-        lines.append(f"    {name:<9}{e['alone'] / 60:>4.0f} min {e['in_order'] / 60:>4.0f} min     "
+        lines.append(f"    {name:<14}{e['alone'] / 60:>4.0f} min {e['in_order'] / 60:>4.0f} min     "
                      f"{e['runs']} ({e['new_runs']})")
     total = est["total"]["in_order"]
-    lines.append(f"    all              ~ {int(total // 3600)} h {round(total % 3600 / 60):.0f} min  "
+    lines.append(f"    all                   ~ {int(total // 3600)} h {round(total % 3600 / 60):.0f} min  "
                  f"({est['total']['new_runs']} runs of {STEPS * TOKENS_PER_STEP / 1e6:.1f}M tokens; N seeds: about N "
                  f"times as long)")
     return "\n".join(lines)

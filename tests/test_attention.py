@@ -159,6 +159,9 @@ def test_mask_row_counts_and_structure():
     stride = attention_mask("stride_sparse", n, G, h)[h // 2:]
     assert torch.equal(stride[0].sum(-1), i // 8 + 1)  # stride 8 = √64: query i reads i // 8 + 1 keys
     assert torch.equal(attention_mask("stride_sparse", n, G, h)[0].sum(-1), torch.clamp(i + 1, max=G))
+    local = attention_mask("local", n, G, h)  # a sliding window: query i reads i − G < j ≤ i, on every head
+    assert torch.equal(local[0].sum(-1), torch.clamp(i + 1, max=G)) and (local == local[0]).all()
+    assert local[0, 20, 20 - G + 1] and not local[0, 20, 20 - G] and not local[0, 20, 21]
 
 
 def test_attention_probs_rows_sum_to_one_and_match_dense():

@@ -137,6 +137,23 @@ def test_table1_lr_quick_shares_table1s_runs_and_tests_own_patterns(base_dir, di
         assert r.get("ppl_own_pattern", 2.0) > 1 and len(r["loss_bins"]) == rep.LOSS_BINS
 
 
+def test_table1_window_reuses_table1s_runs_and_full_window_is_full_attention(base_dir, dirs, capsys):
+    table1 = json.loads((dirs[0] / "table1.quick.json").read_text()) if (dirs[0] / "table1.quick.json").is_file() \
+        else quick("table1", base_dir, dirs, capsys)
+    result = quick("table1_window", base_dir, dirs, capsys)
+    rows, n = result["rows"], 256  # quick: 4 x 64 tokens
+    assert {(r["setting"], r["window"]) for r in rows} == {(s, int(n * f)) for s in ("full", "short", "s2")
+                                                            for f in rep.T1_WINDOWS}
+    assert all(r["reused"] for r in rows)  # no training: table1's runs at 4x
+    at_4x = {r["setting"]: r for r in table1["rows"] if r["context"] == n and "run" in r}
+    for r in rows:
+        assert r["run"] == at_4x[r["setting"]]["run"] and r["ppl"] > 1 and len(r["loss_bins"]) == rep.LOSS_BINS
+        if r["window"] == n:  # a window of the whole context is full attention: table1's own numbers
+            assert r["ppl"] == at_4x[r["setting"]]["ppl"]
+    by = {(r["setting"], r["window"]): r["ppl"] for r in rows}
+    assert by[("s2", n // 8)] != by[("s2", n)]  # a narrower window is a different computation
+
+
 @pytest.mark.parametrize("name, ids", [
     ("table2", {(s, r) for s, r, _ in rep.T2_SETTINGS}),
     ("table6", {(p, full) for p in rep.T6_NAMES for full in (False, True)}),

@@ -93,12 +93,19 @@ def test_plot_verdict_and_describe(result):
     assert result["command"] in results.describe(result).replace("\n  ", " ")
     if result["name"] not in ("table11",):
         assert results.curves(result) and len(results.plot_curves(result).axes) == 1
+        assert len(results.curves(result)) == len(result["settings"]["runs"])  # one distinct label per run
 
 
 def test_loss_by_position_has_a_panel_per_context():
     table1 = results.load("table1", RESULTS)
     fig = results.plot_loss_by_position(table1)
     assert len(fig.axes) == len({r["context"] for r in table1["rows"]})
+
+
+def test_loss_by_position_draws_one_line_per_group_in_table7():
+    table7 = results.load("table7", RESULTS)
+    fig = results.plot_loss_by_position(table7, line="group")
+    assert len(fig.axes) == 1 and len(fig.axes[0].get_lines()) == len({r["group"] for r in table7["rows"]})
 
 
 def test_format_rows_and_a_quick_result_says_so():
