@@ -775,7 +775,7 @@ def reproduce(name: str, *, quick: bool = False, seeds: int = 1, out: str | Path
         raise ValueError(f"--seeds must be a positive integer, got {seeds!r}")
     base = base or DEFAULT_BASE
     cache_dir = cache_dir or DEFAULT_CACHE
-    started, t0 = time.strftime("%Y-%m-%dT%H:%M:%S%z"), time.time()
+    started, t0, commit = time.strftime("%Y-%m-%dT%H:%M:%S%z"), time.time(), git_commit()  # the code it starts with
     if name == "table11":  # no model involved
         plan, runner = Plan.make(base, 256, quick), None
     else:
@@ -793,7 +793,7 @@ def reproduce(name: str, *, quick: bool = False, seeds: int = 1, out: str | Path
     result = {
         "name": name, "quick": quick, "description": DESCRIPTIONS[name],
         "command": command_line(name, quick, seeds, out, base, cache_dir), "argv": list(sys.argv),
-        "git_commit": git_commit(), "started": started, "seconds": seconds, "machine": machine(),
+        "git_commit": commit, "started": started, "seconds": seconds, "machine": machine(),
         "settings": {
             "base": base, "base_context": plan.base_context, "context_unit": plan.context(1),
             "seeds": list(range(seeds)), "cache_dir": str(cache_dir),

@@ -576,7 +576,8 @@ def plot_loss_by_position(result: dict, panel: str = "context", line: str = "set
             k, n = len(members[0][key]), members[0]["context"]
             mean = [sum(m[key][j] for m in members) / len(members) for j in range(k)]
             style = dict(color="gray", ls="--", lw=1) if name == "base+PI" else {}
-            ax.plot([(j + 0.5) / k for j in range(k)], mean, marker="xos^vD<>"[i % 8], ms=4, label=str(name), **style)
+            marker = "x" if name == "base+PI" else "os^vD<>p"[(i - ("base+PI" in lines)) % 8]
+            ax.plot([(j + 0.5) / k for j in range(k)], mean, marker=marker, ms=4, label=str(name), **style)
             groups |= {m["group_size"] for m in members if m.get("group_size")}
         group = groups.pop() if len(groups) == 1 else None
         if group:
@@ -585,7 +586,7 @@ def plot_loss_by_position(result: dict, panel: str = "context", line: str = "set
         title = f"n = {n}" + (f", group {group}" if group else "") + ("" if panel == "context" else f"; {panel} {value:g}")
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("mean next-token loss (nats), full attention")
+    axes[0].set_ylabel("mean next-token loss (nats)" + ("" if panel == "window" else ", full attention"))
     axes[0].legend(fontsize=8)
     fig.suptitle(f"{result['name']}: loss by position in the window", fontsize=9)
     fig.tight_layout()

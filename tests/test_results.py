@@ -56,6 +56,14 @@ def test_compare_relative_values_by_hand(result):
             assert row["ours_rel"] == pytest.approx(_by(rows, setting="s2", lr=lr) / full - 1, rel=1e-12)
             own = next(r["ppl_own_pattern"] for r in rows if r["setting"] == "s2" and r["lr"] == lr)
             assert row["ours_own_rel"] == pytest.approx(own / full - 1, rel=1e-12)
+    elif name == "table1_window":
+        n = max(r["window"] for r in rows)
+        for c in cmp:
+            setting, window = c["label"].split()[0], n if c["label"].endswith("full") else int(c["label"].split()[-1])
+            assert c["ours_rel"] == pytest.approx(_by(rows, setting=setting, window=window)
+                                                  / _by(rows, setting="full", window=n) - 1, rel=1e-12)
+            assert (c["paper"] is None) == (window != n)  # the paper tested with full attention only
+        assert len(cmp) == 3 * len(rep.T1_WINDOWS)
     elif name == "table2":
         lora8 = next(c for c in cmp if c["label"] == "lora r=8")
         assert lora8["paper_rel"] == pytest.approx(11.44 / 8.08 - 1)
