@@ -463,12 +463,13 @@ def verdict(result: dict) -> str:
             text += ": no model here retrieves the key at any length, so the finding cannot show at this scale"
         return text + "."
     if name == "figure5":
-        by = {s: {r["step"]: r["ours"] for r in rows if r["label"] == s} for s in dict.fromkeys(r["label"] for r in rows)}
-        full, lora = by["full"], by["lora_plus"]
+        full, lora = ({r["step"]: r["ours"] for r in rows if r["label"] == s} for s in ("full", "lora_plus"))
+        p_full, p_lora = ({r["step"]: r["val_ppl"] for r in result["paper"]["rows"] if r["setting"] == s}
+                          for s in ("full", "lora_plus"))
         end, best = max(full), min(full, key=full.get)
         early = sorted(full)[min(2, len(full) - 1)]  # the first logged steps after 0: where the paper's curves differ
-        return (f"Figure 5 ({seeds}): paper, LoRA+ is {_pct(8.63 / 8.17 - 1)} above full FT at step 100 and "
-                f"{_pct(8.02 / 7.94 - 1)} at step 1000, both falling throughout; ours, LoRA+ is "
+        return (f"Figure 5 ({seeds}): paper, LoRA+ is {_pct(p_lora[100] / p_full[100] - 1)} above full FT at step 100 "
+                f"and {_pct(p_lora[1000] / p_full[1000] - 1)} at step 1000, both falling throughout; ours, LoRA+ is "
                 f"{_pct(lora[early] / full[early] - 1)} above full FT at step {early} and "
                 f"{_pct(lora[end] / full[end] - 1)} at step {end} (final {full[end]:.2f} vs {lora[end]:.2f}), and full "
                 f"FT's best perplexity is at step {best} ({full[best]:.2f}), "
