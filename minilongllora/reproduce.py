@@ -1,7 +1,8 @@
 """The paper's ablations at CPU scale, one JSON per table: `python -m minilongllora reproduce NAME [--quick]`.
 
     table1   full-attention FT vs short attention (pattern 1 only) vs S2-Attn, at 4x / 8x / 16x the base's context
-             (and the starting point, "base+PI": the base with the interpolation, before fine-tuning)
+             (and the starting point, "base+PI": the base with the interpolation, before fine-tuning, kept apart
+             from the table's rows under "starting_point")
     table1_lr  (not in the paper) Table 1 at 4x under learning rates 1e-4, 2.5e-4, 5e-4, 1e-3, short and S2-Attn also
              tested with their own pattern: does S2-Attn's gap to full attention depend on how far fine-tuning moves?
     table1_window  (not in the paper) table1's three models at 4x tested with a sliding window of n/8, n/4, n/2 and
@@ -768,7 +769,8 @@ def reproduce(name: str, *, quick: bool = False, seeds: int = 1, out: str | Path
               base: str | None = None, cache_dir: str | Path | None = None) -> dict:
     """Run table or figure `name` (one of TABLES) and write OUT/NAME.json (OUT/NAME.quick.json with quick=True).
     Returns the written dict: name, quick, description, command, argv, git_commit, started, seconds, machine,
-    settings (base, budget, evaluation, train_configs, runs), paper, rows, summary."""
+    settings (base, budget, evaluation, train_configs, runs), paper, rows, summary (and table1's starting_point: the
+    base with each context's interpolation, before fine-tuning)."""
     if name not in TABLES:
         raise ValueError(f"unknown table {name!r}; choose one of {', '.join(TABLES)}")
     if not isinstance(seeds, int) or seeds < 1:
@@ -787,6 +789,8 @@ def reproduce(name: str, *, quick: bool = False, seeds: int = 1, out: str | Path
     print(f"reproduce {name}{' (quick)' if quick else ''}: {DESCRIPTIONS[name]}; base {base} "
           f"(context {plan.base_context}), seeds 0..{seeds - 1}", flush=True)
     rows = TABLE_FUNCTIONS[name](plan, runner, list(range(seeds)))
+    start = [r for r in rows if r.get("setting") == "base+PI"]  # table1's starting point: not a row of the table
+    rows = [r for r in rows if r.get("setting") != "base+PI"]
     seconds = round(time.time() - t0, 1)
     runs = runner.runs if runner is not None else {}
     est = estimate_seconds((name,), seeds=seeds, base_context=plan.base_context, quick=quick)[name]
@@ -811,6 +815,7 @@ def reproduce(name: str, *, quick: bool = False, seeds: int = 1, out: str | Path
         "paper": {**PAPER[name], "label": "the paper's numbers (Llama2 7B), copied from PAPER.md; not ours"},
         "rows": rows,
         "summary": summarize(name, rows),
+        **({"starting_point": start} if start else {}),
     }
     path = result_path(out, name, quick)
     _write_json(path, result)

@@ -559,7 +559,7 @@ def plot_loss_by_position(result: dict, panel: str = "context", line: str = "set
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    rows = result["rows"]
+    rows = result["rows"] + result.get("starting_point", [])  # table1: the base with PI, before fine-tuning
     values = sorted({r[panel] for r in rows})
     lines = list(dict.fromkeys(r[line] for r in rows))
     if "base+PI" in lines:  # the starting point first, drawn in gray
