@@ -52,6 +52,7 @@ the zero keys that wrap around. Every bad input raises a one-line ValueError nam
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -112,10 +113,55 @@ def _repeat_kv(t: torch.Tensor, n_heads: int) -> torch.Tensor:
 
 
 def _sdpa(q, k, v, causal: bool = True, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """SDPA over the last two axes: causal, full (causal=False), or under a boolean mask (True = may attend)."""
+    """SDPA over the last two axes: causal, full (causal=False), or under a 2-D boolean mask (True = may attend).
+    k and v may have fewer heads than q (GQA: query head j reads kv head j // r); they are never repeated in memory.
+    On the CPU in bf16, up to EXPLICIT_MAX_KEYS keys take `explicit_attention` (faster there, see its docstring)."""
+    if q.device.type == "cpu" and q.dtype in EXPLICIT_DTYPES and k.shape[2] <= EXPLICIT_MAX_KEYS:
+        return explicit_attention(q, k, v, causal, mask)
+    gqa = k.shape[1] != q.shape[1]
     if mask is not None:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+    return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=gqa)
+
+
+# CPU bf16, up to 4096 keys: batched matrix products at bf16 speed beat the fused CPU kernel, whose softmax blocks
+# gain little from bf16 (1.3-2.5x for attention alone, benchmarks/bench_speed.py). They keep the probabilities for
+# backward (b·h·n²/2 bf16 numbers per layer), hence the limit. Tests set EXPLICIT_DTYPES to float64 to check this path
+# against the oracle like every other.
+EXPLICIT_DTYPES = (torch.bfloat16,)
+EXPLICIT_MAX_KEYS = 4096
+EXPLICIT_BLOCK = 256  # causal attention by blocks of this many queries: the keys after a block are never computed
+
+
+@functools.lru_cache(maxsize=32)
+def _causal_bias(n: int, m: int, r: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(r·n, m) additive mask: 0 where query i (of n, tiled r times) may read key j ≤ i + m − n, −inf elsewhere."""
+    allowed = torch.ones(n, m, dtype=torch.bool, device=device).tril(diagonal=m - n)
+    return repeat(torch.zeros(n, m, dtype=dtype, device=device).masked_fill(~allowed, float("-inf")),
+                  "n m -> (r n) m", r=r)
+
+
+def explicit_attention(q, k, v, causal: bool = True, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """softmax(q kᵀ/√d + bias) v as two batched matrix products, the probabilities written out: (b, h, n, d).
+    Causal, by blocks of EXPLICIT_BLOCK queries, each against the keys up to its last query only. GQA without
+    repeating kv: the r query heads of a kv head are stacked along the query axis, "(k r) n -> k (r n)"."""
+    (b, h, n, d), (kvh, m) = q.shape, k.shape[1:3]
+    if causal and mask is None and n > EXPLICIT_BLOCK:
+        blocks = range(0, n, EXPLICIT_BLOCK)  # query i reads keys j ≤ i + m − n
+        return torch.cat([explicit_attention(q[:, :, i:i + EXPLICIT_BLOCK], k[:, :, :m - n + i + EXPLICIT_BLOCK],
+                                             v[:, :, :m - n + i + EXPLICIT_BLOCK]) for i in blocks], dim=2)
+    r = h // kvh
+    if mask is not None:
+        bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(~mask, float("-inf"))
+        bias = repeat(bias, "n m -> (r n) m", r=r)
+    elif causal:
+        bias = _causal_bias(n, m, r, q.dtype, q.device)
+    else:
+        bias = torch.zeros((), dtype=q.dtype, device=q.device)
+    scores = torch.baddbmm(bias, rearrange(q, "b (k r) n d -> (b k) (r n) d", r=r),
+                           rearrange(k, "b k m d -> (b k) d m"), alpha=1 / math.sqrt(d))  # ((b k), (r n), m)
+    out = torch.bmm(scores.softmax(dim=-1), rearrange(v, "b k m d -> (b k) m d"))
+    return rearrange(out, "(b k) (r n) d -> b (k r) n d", b=b, r=r)
 
 
 def _group(t: torch.Tensor, G: int) -> torch.Tensor:
@@ -131,7 +177,7 @@ def _shift(t: torch.Tensor, s: int) -> torch.Tensor:
     return torch.roll(t, shifts=-s, dims=2)
 
 
-# fast paths, one per idea (each takes q, k, v already expanded to h heads) ----------------------------------------
+# fast paths, one per idea (each takes one chunk of query heads and the kv heads they read) ------------------------
 def _grouped(q, k, v, G: int) -> torch.Tensor:
     """Pattern 1 (§3.2, Fig. 2): causal attention inside groups [0, G), [G, 2G), …"""
     return _ungroup(_sdpa(_group(q, G), _group(k, G), _group(v, G)), q.shape[0])
@@ -245,7 +291,7 @@ def _head_plan(pattern: str, G: int, variant: str, layer_idx: int) -> list:
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Full causal attention, softmax(q kᵀ/√d + causal) v, through SDPA: (b, h, n, d)."""
     _check_qk(q, k, v)
-    return _sdpa(q, _repeat_kv(k, q.shape[1]), _repeat_kv(v, q.shape[1]))
+    return _sdpa(q, k, v)
 
 
 def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: str, group_size: int, *,
@@ -261,8 +307,9 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern:
         _check_length(n, pattern, group_size, hint="; pass pad=True to pad the sequence")
     if extra:  # zeros at the end: after every real query, so a causal pattern never reads them
         q, k, v = (F.pad(t, (0, 0, 0, extra)) for t in (q, k, v))
-    k, v = _repeat_kv(k, h), _repeat_kv(v, h)
     plan = _head_plan(pattern, group_size, variant, layer_idx)
+    if k.shape[1] % len(plan):  # fewer kv heads than head chunks: each chunk needs its own copy of the kv heads
+        k, v = _repeat_kv(k, h), _repeat_kv(v, h)
     chunks = zip(plan, q.chunk(len(plan), dim=1), k.chunk(len(plan), dim=1), v.chunk(len(plan), dim=1))
     out = torch.cat([fn(qc, kc, vc) for fn, qc, kc, vc in chunks], dim=1)  # (b, h, n + extra, d)
     return out[:, :, :n]

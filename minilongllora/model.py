@@ -18,7 +18,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange, repeat
+from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -77,12 +77,11 @@ class KVCache:
 def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int) -> torch.Tensor:
     """Causal attention of n new queries at positions start.. against all start + n cached keys (generation)."""
     n, total = q.shape[2], k.shape[2]
-    k = repeat(k, "b k t d -> b (k r) t d", r=q.shape[1] // k.shape[1])
-    v = repeat(v, "b k t d -> b (k r) t d", r=q.shape[1] // v.shape[1])
+    gqa = q.shape[1] != k.shape[1]  # query head j reads kv head j // r, without repeating the cache
     if n == 1:  # one new token reads every cached key
-        return F.scaled_dot_product_attention(q, k, v)
+        return F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
     allowed = torch.ones(n, total, dtype=torch.bool, device=q.device).tril(diagonal=start)  # query i reads j ≤ start+i
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, enable_gqa=gqa)
 
 
 class Attention(nn.Module):
@@ -148,6 +147,7 @@ class Llama(nn.Module):
         if config.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
         self.gradient_checkpointing = False  # recompute each block in backward: memory ∝ layers, not activations
+        self._rope_tables: dict = {}  # cos, sin per (RoPE settings, dtype, device): see `rope`
         self.apply(self._init_weights)
 
     @staticmethod
@@ -183,11 +183,23 @@ class Llama(nn.Module):
         return self.lm_head(self.norm(x))  # (b, n, v)
 
     def rope(self, start: int, n: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and sin (n, d) for positions start .. start + n − 1, in x's dtype and on its device."""
+        """cos and sin (n, d) for positions start .. start + n − 1, in x's dtype and on its device. Computed once per
+        table and sliced: a position's angles do not depend on the length, except under 'dynamic' scaling, whose
+        frequencies depend on start + n, so its tables are keyed by it."""
         cfg = self.config
-        positions = torch.arange(start, start + n, device=x.device)
-        cos, sin = rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta, cfg.rope_scaling, cfg.max_seq_len)
-        return cos.to(x.dtype), sin.to(x.dtype)
+        end = start + n
+        dynamic = (cfg.rope_scaling or {}).get("rope_type") == "dynamic"
+        key = (cfg.head_dim, cfg.rope_theta, repr(cfg.rope_scaling), cfg.max_seq_len, end if dynamic else None,
+               x.dtype, x.device)
+        cos, sin = self._rope_tables.get(key, (None, None))
+        if cos is None or cos.shape[0] < end:
+            length = end if dynamic else max(end, cfg.context_length)
+            positions = torch.arange(length, device=x.device)
+            cos, sin = rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta, cfg.rope_scaling, cfg.max_seq_len)
+            if len(self._rope_tables) >= 8:  # dynamic scaling makes one per length: keep a few
+                self._rope_tables.clear()
+            self._rope_tables[key] = cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+        return cos[start:end], sin[start:end]
 
     @torch.no_grad()
     def attention_maps(self, tokens: torch.Tensor, pattern: str = "full") -> list[torch.Tensor]:
@@ -205,7 +217,7 @@ class Llama(nn.Module):
             if pattern != "full":
                 mask = attention_mask(pattern, n, cfg.group_size(n), cfg.n_heads, variant=cfg.s2_variant,
                                       layer_idx=layer.self_attn.layer_idx).to(x.device)
-            maps.append(attention_probs(q, repeat(k, "b k n d -> b (k r) n d", r=cfg.n_heads // cfg.n_kv_heads), mask))
+            maps.append(attention_probs(q, k, mask))
             x = layer(x, cos, sin, pattern)
         return maps
 
@@ -270,5 +282,8 @@ def sample_next_token(logits: torch.Tensor, temperature: float, top_k: int | Non
 
 
 def lm_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """Next-token cross-entropy: position i predicts token i + 1, averaged over (b, n − 1) targets, in float32."""
-    return F.cross_entropy(rearrange(logits[:, :-1].float(), "b n v -> (b n) v"), rearrange(tokens[:, 1:], "b n -> (b n)"))
+    """Next-token cross-entropy: position i predicts token i + 1, averaged over (b, n − 1) targets, in float32. The
+    last position has no target (ignore_index), so the logits are used whole: no sliced copy of (b, n, v)."""
+    targets = F.pad(tokens[:, 1:], (0, 1), value=-100)  # (b, n): −100 = no target
+    return F.cross_entropy(rearrange(logits.float(), "b n v -> (b n) v"), rearrange(targets, "b n -> (b n)"),
+                           ignore_index=-100)

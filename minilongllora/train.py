@@ -324,12 +324,12 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
 
 
 def make_optimizer(model, cfg: TrainConfig, device: torch.device | str = "cpu") -> torch.optim.AdamW:
-    """AdamW over the trainable parameters ONLY (frozen LoRA bases get no moments: the memory LoRA saves). On the
-    CPU the plain for-loop implementation (no foreach / fused kernels), one fixed order of operations."""
+    """AdamW over the trainable parameters ONLY (frozen LoRA bases get no moments: the memory LoRA saves). On one
+    CPU process the fused kernel (one pass over each parameter, deterministic); otherwise torch's default."""
     params = [p for p in model.parameters() if p.requires_grad]
-    cpu = torch.device(device).type == "cpu"
+    fused = torch.device(device).type == "cpu" and not dist.is_initialized()
     return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, eps=1e-8,
-                             foreach=False if cpu else None, fused=False if cpu else None)
+                             fused=fused or None)
 
 
 # ----------------------------------------------------------------------------------------------------------- data

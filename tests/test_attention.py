@@ -7,6 +7,7 @@ import pytest
 import torch
 from einops import rearrange
 
+from minilongllora import attention
 from minilongllora.attention import (
     PATTERNS,
     S2_VARIANTS,
@@ -14,6 +15,7 @@ from minilongllora.attention import (
     attention_probs,
     causal_attention,
     dense_attention,
+    explicit_attention,
     s2_attention,
     sparse_attention,
 )
@@ -45,9 +47,18 @@ def qkv(b, h, kvh, n, d, dtype=torch.float64, requires_grad=False):
 
 
 # the oracle -------------------------------------------------------------------------------------------------------
+@pytest.fixture(params=["sdpa", "explicit"])
+def kernel(request, monkeypatch):
+    """Run a test through torch's SDPA, then again through `explicit_attention` (which the CPU uses in bf16)."""
+    if request.param == "explicit":  # blocks of 12 queries: several per sequence, the last one often partial
+        monkeypatch.setattr(attention, "EXPLICIT_DTYPES", (torch.float64, torch.float32))
+        monkeypatch.setattr(attention, "EXPLICIT_BLOCK", 12)
+    return request.param
+
+
 @pytest.mark.parametrize("h,kvh", HEADS)
 @pytest.mark.parametrize("case", cases(), ids=case_id)
-def test_fast_path_equals_dense_oracle_forward_and_backward(case, h, kvh):
+def test_fast_path_equals_dense_oracle_forward_and_backward(case, h, kvh, kernel):
     pattern, variant, layer_idx, n, G = case
     q, k, v = qkv(2, h, kvh, n, 8, requires_grad=True)
     copies = [t.detach().clone() for t in (q, k, v)]
@@ -65,6 +76,26 @@ def test_fast_path_equals_dense_oracle_forward_and_backward(case, h, kvh):
         assert torch.equal(t.detach(), c)
 
 
+@pytest.mark.parametrize("pattern", ["full", "short", "s2", "local"])
+def test_cpu_bf16_takes_the_explicit_path_and_agrees_with_fp32(pattern, monkeypatch):
+    """In bf16 on the CPU, groups of up to EXPLICIT_MAX_KEYS keys take explicit_attention: within bf16 rounding of the
+    float32 result (bf16 keeps 8 bits of mantissa: relative error ~ 2^-8 per rounding, a few roundings here)."""
+    calls = []
+
+    def spy(*args):
+        calls.append(args[0].dtype)
+        return explicit_attention(*args)
+
+    monkeypatch.setattr(attention, "explicit_attention", spy)
+    q, k, v = qkv(2, 8, 2, 64, 16, dtype=torch.float32)
+    ref = sparse_attention(q, k, v, pattern, 16)
+    assert calls == []  # float32 goes through SDPA
+    with torch.no_grad():
+        out = sparse_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), pattern, 16)
+    assert out.dtype == torch.bfloat16 and calls and set(calls) == {torch.bfloat16}
+    assert (out.float() - ref).abs().max() <= 3e-2 * ref.abs().max()
+
+
 def test_s2_attention_is_sparse_attention_s2():
     q, k, v = qkv(1, 4, 2, 32, 8)
     for variant in S2_VARIANTS:
@@ -80,7 +111,7 @@ def test_short_with_group_equal_to_sequence_is_full_causal_attention():
     assert torch.equal(attention_mask("short", 32, 32, 8), attention_mask("full", 32, 0, 8))
 
 
-def test_gqa_uses_kv_head_j_over_r_meta_order():
+def test_gqa_uses_kv_head_j_over_r_meta_order(kernel):
     """Query head j reads kv head j // (h / kvh), as Meta's repeat_kv and transformers (repeat_interleave on heads)."""
     q, k, v = qkv(2, 8, 2, 32, 8)
     expected = torch.nn.functional.scaled_dot_product_attention(
@@ -94,7 +125,7 @@ def test_gqa_uses_kv_head_j_over_r_meta_order():
 
 # causality --------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("case", cases([(32, 8)]), ids=case_id)
-def test_causality_by_perturbation(case):
+def test_causality_by_perturbation(case, kernel):
     """Outputs are built from a token sequence x through tiny random projections; x is re-drawn from position t on.
     The outputs that change before t are exactly those the mask says read a key at or after t: none, except for the
     roll variants, whose shifted heads' positions 0 … G/2 − 1 read the last G/2 tokens (the wrap-around)."""
