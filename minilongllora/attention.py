@@ -348,6 +348,9 @@ def attention_mask(pattern: str, seq_len: int, group_size: int, n_heads: int, *,
                    layer_idx: int = 0) -> torch.Tensor:
     """(n_heads, seq_len, seq_len) bool: which key each query reads, in the original token order (True = may attend).
     Built from token positions alone, independently of the fast paths, so the tests can use it as the oracle."""
+    for name, value in (("seq_len", seq_len), ("n_heads", n_heads)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
     _check_pattern(pattern, group_size, n_heads, variant)
     n, G, t = seq_len, group_size, torch.arange(seq_len)
     i, j = t[:, None], t[None, :]

@@ -10,8 +10,9 @@
     export     a run's latest checkpoint -> HF directory
     flops      the paper's Table 11 (TFLOPs by kind, full attention vs S2-Attn) for a preset
 
-Bad input (a missing file, a corrupted checkpoint, a context beyond the model's, an indivisible group size) prints one
-line `error: ...` on stderr and exits with code 2; a diverged training run exits with code 1.
+Bad input (a missing file, a corrupted checkpoint, a context beyond the model's, an indivisible group size, a NaN
+option, a run directory that already holds a run) prints one line `error: ...` on stderr and exits with code 2; a
+diverged training run exits with code 1. Anything else is a bug and shows its traceback.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import typing
 from pathlib import Path
 
 import torch
+
+from .errors import UserInputError, finite_float
 
 
 # ------------------------------------------------------------------------------------------------------------ demo
@@ -55,6 +58,14 @@ def _field_help() -> dict[str, str]:
     return {m[1]: m[2].strip().replace("%", "%%") for m in re.finditer(r"^    (\w+): [^#\n]*#(.*)$", source, re.M)}
 
 
+def _finite_float(text: str) -> float:
+    """The argparse type of every float option: a finite number (NaN and infinity are refused)."""
+    try:
+        return finite_float(float(text), "")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}") from None
+
+
 def _parse_value(text: str):
     for convert in (int, float):
         try:
@@ -69,7 +80,7 @@ def _parse_overrides(items: list[str]) -> dict:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"--model-overrides takes KEY=VALUE pairs (n_layers=2 dim=128), got {item!r}")
+            raise UserInputError(f"--model-overrides takes KEY=VALUE pairs (n_layers=2 dim=128), got {item!r}")
         out[key] = _parse_value(value)
     return out
 
@@ -96,16 +107,17 @@ def _add_train_fields(p: argparse.ArgumentParser) -> None:
         if kind is bool or (bool in args):
             group.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
         elif f.name == "betas":
-            group.add_argument(flag, nargs=2, type=float, metavar=("BETA1", "BETA2"), **kw)
+            group.add_argument(flag, nargs=2, type=_finite_float, metavar=("BETA1", "BETA2"), **kw)
         elif f.name == "model_overrides":
             group.add_argument(flag, nargs="+", metavar="KEY=VALUE", **kw)
         else:
             base = next((t for t in (int, float, str) if kind is t or t in args), str)
+            convert = _finite_float if base is float else base
             if type(None) in args:  # Optional: "none" gives None (rope_factor: automatic; precision: by device)
                 kw["help"] = f"{text} ('none': None)"
-                group.add_argument(flag, type=_optional(base), metavar=base.__name__.upper(), **kw)
+                group.add_argument(flag, type=_optional(convert), metavar=base.__name__.upper(), **kw)
             else:
-                group.add_argument(flag, type=base, metavar=base.__name__.upper(), **kw)
+                group.add_argument(flag, type=convert, metavar=base.__name__.upper(), **kw)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -120,7 +132,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.show_config:
         print(json.dumps(cfg.to_dict(), indent=1))
         return
-    result = train(cfg, resume=args.resume)
+    result = train(cfg, resume=args.resume, overwrite=args.overwrite)
     if result["final"] is not None:  # rank 0 only, under torchrun
         print(f"done: step {result['step']}, loss {result['loss']:.4f}; checkpoint {result['checkpoint']}; "
               f"HF model {result['final']}" + (f"; adapter {result['adapter']}" if result["adapter"] else ""))
@@ -134,10 +146,18 @@ def cmd_longlora(args: argparse.Namespace) -> None:
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
                  if getattr(args, f.name, None) is not None}
     overrides.pop("model_overrides", None)
-    run_context_extension(args.recipe, max_windows=args.max_windows, **overrides)
+    run_context_extension(args.recipe, max_windows=args.max_windows, resume=args.resume, overwrite=args.overwrite,
+                          **overrides)
 
 
 # ---------------------------------------------------------------------------------------------- loading for eval
+def _rope_scaling(factor: float) -> dict | None:
+    """--rope-factor F as a RoPE scaling: linear position interpolation by F, None for F = 1."""
+    if factor < 1:
+        raise UserInputError(f"--rope-factor must be >= 1 (1 = no interpolation), got {factor}")
+    return {"rope_type": "linear", "factor": float(factor)} if factor > 1 else None
+
+
 def _load_model(path: str, rope_factor: float | None = None):
     """A HF directory, or a run directory (its final/ HF model, else its latest checkpoint), in eval mode."""
     from .hf import from_hf
@@ -147,11 +167,7 @@ def _load_model(path: str, rope_factor: float | None = None):
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"no model at {p} (expected a Hugging Face directory or a run directory)")
-    overrides = {}
-    if rope_factor is not None:
-        if rope_factor < 1:
-            raise ValueError(f"--rope-factor must be >= 1, got {rope_factor}")
-        overrides["rope_scaling"] = {"rope_type": "linear", "factor": float(rope_factor)} if rope_factor > 1 else None
+    overrides = {} if rope_factor is None else {"rope_scaling": _rope_scaling(rope_factor)}
     if (p / "config.json").is_file():
         return from_hf(p, **overrides).eval()
     if (p / "final" / "config.json").is_file():
@@ -169,22 +185,28 @@ def _check_lengths(model, lengths: list[int], extrapolate: bool) -> None:
     cfg = model.config
     for n in lengths:
         if n < 2:
-            raise ValueError(f"--lengths must be >= 2 tokens, got {n}")
+            raise UserInputError(f"--lengths must be >= 2 tokens, got {n}")
         if n > cfg.max_seq_len and cfg.rope_scaling is None and not extrapolate:
-            raise ValueError(f"length {n} exceeds the model's context of {cfg.max_seq_len} tokens and it has no RoPE "
-                             f"scaling: pass --rope-factor F (position interpolation) or --extrapolate")
+            raise UserInputError(f"length {n} exceeds the model's context of {cfg.max_seq_len} tokens and it has no "
+                                 f"RoPE scaling: pass --rope-factor F (position interpolation) or --extrapolate")
 
 
-def _eval_tokens(data: str, split: str):
-    """Documents of the pystdlib split (each windowed separately), or the flat stream of a token .bin."""
+def _eval_tokens(data: str, split: str, vocab_size: int):
+    """Documents of the pystdlib split (each windowed separately), or the flat stream of a token .bin whose ids are
+    checked against the model's vocabulary."""
     import numpy as np
 
-    from .data import ByteTokenizer, load_corpus, load_token_bin
+    from .data import ByteTokenizer, check_token_ids, load_corpus, load_token_bin
 
     if data == "pystdlib":
         tok = ByteTokenizer()
-        return [torch.from_numpy(tok.encode_array(doc).astype(np.int64)) for doc in load_corpus(split)]
-    return load_token_bin(data).tokens
+        docs = [torch.from_numpy(tok.encode_array(doc).astype(np.int64)) for doc in load_corpus(split)]
+        for doc in docs:
+            check_token_ids(doc, vocab_size, f"the pystdlib {split} split (byte tokens)")
+        return docs
+    tokens = load_token_bin(data).tokens
+    check_token_ids(tokens, vocab_size, data)
+    return tokens
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -193,7 +215,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
     model = _load_model(args.path, args.rope_factor)
     _check_lengths(model, args.lengths, args.extrapolate)
-    tokens = _eval_tokens(args.data, args.split)
+    tokens = _eval_tokens(args.data, args.split, model.config.vocab_size)
     rows = []
     for n in args.lengths:
         r = perplexity(model, tokens, n, stride=min(args.stride, n), protocol=args.protocol,
@@ -241,18 +263,19 @@ def _dtype(name: str | None):
 def cmd_merge(args: argparse.Namespace) -> None:
     """Base HF directory + peft adapter directory -> HF directory with LoRA merged, config.json keeping the RoPE
     scaling (from --rope-factor, else from the run the adapter came from: ADAPTER/../run.json)."""
+    from .config import read_json
     from .hf import from_hf, to_hf
     from .lora import load_peft_adapter, merge_lora
 
     adapter = Path(args.adapter)
     if args.rope_factor is not None:
-        if args.rope_factor < 1:
-            raise ValueError(f"--rope-factor must be >= 1, got {args.rope_factor}")
-        scaling = {"rope_type": "linear", "factor": float(args.rope_factor)} if args.rope_factor > 1 else None
-        source = "--rope-factor"
+        scaling, source = _rope_scaling(args.rope_factor), "--rope-factor"
     elif (adapter.parent / "run.json").is_file():
-        scaling = json.loads((adapter.parent / "run.json").read_text())["rope_scaling"]
         source = str(adapter.parent / "run.json")
+        run = read_json(source)
+        if not isinstance(run, dict) or "rope_scaling" not in run:
+            raise UserInputError(f"{source} has no rope_scaling: not a minilongllora run.json (pass --rope-factor)")
+        scaling = run["rope_scaling"]
     else:
         scaling, source = "base", None
     model = from_hf(args.base) if scaling == "base" else from_hf(args.base, rope_scaling=scaling)
@@ -287,7 +310,7 @@ def cmd_flops(args: argparse.Namespace) -> None:
     config = LlamaConfig.from_preset(args.preset)
     ratio = args.group_size_ratio
     if ratio is not None and not 0 < ratio <= 1:
-        raise ValueError(f"--group-size-ratio must be in (0, 1], got {ratio}")
+        raise UserInputError(f"--group-size-ratio must be in (0, 1], got {ratio}")
     rows = [flops_breakdown(config, n, group_size_ratio=ratio) for n in args.context]
     print(json.dumps(rows) if args.json else format_flops_table(rows))
 
@@ -303,9 +326,17 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------- parser
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error reported like every other bad input: one line `error: ...`, exit code 2."""
+
+    def error(self, message: str):
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m minilongllora", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="python -m minilongllora", description=__doc__,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
     def command(name, func, **kw):
@@ -317,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="tiny")
     p.add_argument("--prompt", default="def main(")
     p.add_argument("--max-new-tokens", type=int, default=48)
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--temperature", type=_finite_float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
 
     from .recipes import RECIPES
@@ -326,6 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = command(name, cmd_train)
         p.add_argument("--recipe", default=default, help=f"one of {', '.join(RECIPES)} (default {default})")
         p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/checkpoint, exactly")
+        p.add_argument("--overwrite", action="store_true", help="start again in an OUT_DIR that holds a run (its "
+                       "run.json, metrics.jsonl, checkpoint/, adapter/ and final/ are deleted)")
         p.add_argument("--show-config", action="store_true", help="print the resolved TrainConfig and exit")
         _add_train_fields(p)
 
@@ -335,11 +368,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="override the recipe's steps")
     p.add_argument("--out-dir", default=None, help="override the recipe's run directory")
     p.add_argument("--base", default=None, help="override the recipe's base model directory")
+    p.add_argument("--resume", action="store_true", help="continue the run in OUT_DIR (then evaluate as usual)")
+    p.add_argument("--overwrite", action="store_true", help="start again in an OUT_DIR that holds a run")
 
     def model_args(p, lengths_default):
         p.add_argument("path", help="a Hugging Face directory, or a run directory (its final/ or checkpoint/)")
         p.add_argument("--lengths", type=int, nargs="+", default=lengths_default, help="context lengths in tokens")
-        p.add_argument("--rope-factor", type=float, default=None,
+        p.add_argument("--rope-factor", type=_finite_float, default=None,
                        help="load with linear position interpolation by this factor (1 = none; default: as saved)")
         p.add_argument("--extrapolate", action="store_true",
                        help="allow lengths beyond the context of a model without RoPE scaling")
@@ -366,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", required=True, help="base Hugging Face directory")
     p.add_argument("--adapter", required=True, help="peft adapter directory (a run's adapter/)")
     p.add_argument("--out", required=True, help="output Hugging Face directory")
-    p.add_argument("--rope-factor", type=float, default=None, help="linear RoPE factor for config.json")
+    p.add_argument("--rope-factor", type=_finite_float, default=None, help="linear RoPE factor for config.json")
     p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default=None, help="default: the weights' dtype")
 
     p = command("export", cmd_export)
@@ -379,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("flops", cmd_flops)
     p.add_argument("--preset", default="llama2-7b", choices=list(PRESETS))
     p.add_argument("--context", type=int, nargs="+", required=True, help="context lengths in tokens")
-    p.add_argument("--group-size-ratio", type=float, default=None, help="S2-Attn group / context (default 1/4)")
+    p.add_argument("--group-size-ratio", type=_finite_float, default=None, help="S2-Attn group / context (default 1/4)")
     p.add_argument("--json", action="store_true", help="print only a JSON list, one object per context")
 
     import textwrap
@@ -412,6 +447,8 @@ def main(argv: list[str] | None = None) -> None:
     except TrainingDiverged as e:  # one line, exit 1: the run itself went wrong, the input was fine
         print(f"error: {e}".replace("\n", " "), file=sys.stderr)
         sys.exit(1)
-    except (ValueError, OSError) as e:  # bad input (FileNotFoundError is an OSError): one clear line, no traceback
+    # bad input, or a file the system refused (missing, unreadable, disk full): one line. Any other exception is a
+    # bug and keeps its traceback.
+    except (UserInputError, OSError) as e:
         print(f"error: {e}".replace("\n", " "), file=sys.stderr)
         sys.exit(2)

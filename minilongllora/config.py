@@ -20,6 +20,7 @@ from typing import Any
 
 from .attention import PATTERNS as ATTENTION_PATTERNS
 from .attention import S2_VARIANTS
+from .errors import UserInputError, finite_float
 from .rope import effective_context, normalize_rope_scaling
 
 
@@ -49,28 +50,33 @@ class LlamaConfig:
         for name in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "max_seq_len"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"LlamaConfig.{name} must be a positive integer, got {value!r}")
+                raise UserInputError(f"LlamaConfig.{name} must be a positive integer, got {value!r}")
+        for name in ("norm_eps", "rope_theta", "group_size_ratio"):
+            setattr(self, name, finite_float(getattr(self, name), f"LlamaConfig.{name}"))
         for name in ("norm_eps", "rope_theta"):
             if not getattr(self, name) > 0:
-                raise ValueError(f"LlamaConfig.{name} must be positive, got {getattr(self, name)!r}")
+                raise UserInputError(f"LlamaConfig.{name} must be positive, got {getattr(self, name)!r}")
+        if not isinstance(self.tie_embeddings, bool):
+            raise UserInputError(f"LlamaConfig.tie_embeddings must be true or false, got {self.tie_embeddings!r}")
         if self.dim % self.n_heads:
-            raise ValueError(f"LlamaConfig.dim ({self.dim}) must be divisible by n_heads ({self.n_heads})")
+            raise UserInputError(f"LlamaConfig.dim ({self.dim}) must be divisible by n_heads ({self.n_heads})")
         if self.n_heads % self.n_kv_heads:
-            raise ValueError(f"LlamaConfig.n_heads ({self.n_heads}) must be divisible by n_kv_heads ({self.n_kv_heads})")
+            raise UserInputError(f"LlamaConfig.n_heads ({self.n_heads}) must be divisible by n_kv_heads "
+                                 f"({self.n_kv_heads})")
         if self.head_dim % 2:
-            raise ValueError(f"LlamaConfig.head_dim (dim / n_heads = {self.head_dim}) must be even for RoPE")
+            raise UserInputError(f"LlamaConfig.head_dim (dim / n_heads = {self.head_dim}) must be even for RoPE")
         try:
             self.rope_scaling = normalize_rope_scaling(self.rope_scaling)
         except ValueError as e:
-            raise ValueError(f"LlamaConfig.rope_scaling: {e}") from None
+            raise UserInputError(f"LlamaConfig.rope_scaling: {e}") from None
         if self.attention not in ATTENTION_PATTERNS:
-            raise ValueError(f"LlamaConfig.attention must be one of {ATTENTION_PATTERNS}, got {self.attention!r}")
+            raise UserInputError(f"LlamaConfig.attention must be one of {ATTENTION_PATTERNS}, got {self.attention!r}")
         if self.s2_variant not in S2_VARIANTS:
-            raise ValueError(f"LlamaConfig.s2_variant must be one of {S2_VARIANTS}, got {self.s2_variant!r}")
+            raise UserInputError(f"LlamaConfig.s2_variant must be one of {S2_VARIANTS}, got {self.s2_variant!r}")
         if self.eval_attention not in ("full", "train"):
-            raise ValueError(f"LlamaConfig.eval_attention must be 'full' or 'train', got {self.eval_attention!r}")
+            raise UserInputError(f"LlamaConfig.eval_attention must be 'full' or 'train', got {self.eval_attention!r}")
         if not 0 < self.group_size_ratio <= 1:
-            raise ValueError(f"LlamaConfig.group_size_ratio must be in (0, 1], got {self.group_size_ratio!r}")
+            raise UserInputError(f"LlamaConfig.group_size_ratio must be in (0, 1], got {self.group_size_ratio!r}")
 
     # derived sizes ------------------------------------------------------------------------------------------------
     @property
@@ -93,7 +99,10 @@ class LlamaConfig:
     def from_preset(cls, name: str, **overrides) -> LlamaConfig:
         """A named preset (see `PRESETS`), with field overrides: `LlamaConfig.from_preset("tiny", n_layers=2)`."""
         if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}")
+            raise UserInputError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}")
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise UserInputError(f"{unknown} are not LlamaConfig fields (preset {name!r})")
         preset = PRESETS[name]
         if "n_heads" in overrides and "n_kv_heads" not in overrides and preset.n_kv_heads == preset.n_heads:
             overrides["n_kv_heads"] = overrides["n_heads"]  # a multi-head preset stays multi-head
@@ -104,33 +113,47 @@ class LlamaConfig:
 
     # Hugging Face config.json ------------------------------------------------------------------------------------
     @classmethod
-    def from_hf_dict(cls, d: dict) -> LlamaConfig:
-        """From a Hugging Face Llama `config.json` dict, transformers-5 form or legacy form."""
+    def from_hf_dict(cls, d: dict, source: str = "config.json") -> LlamaConfig:
+        """From a Hugging Face Llama `config.json` dict, transformers-5 form or legacy form. Errors name `source` (the
+        file) and the key."""
+        if not isinstance(d, dict):
+            raise UserInputError(f"{source} must hold a JSON object (a Llama config), got {type(d).__name__}")
         d = dict(d)
+        for key, kind in _HF_TYPES.items():
+            value = d.get(key)
+            if value is None:  # null means unset, as in transformers
+                continue
+            if kind is float:
+                finite_float(value, f"{source}: {key}")
+            elif not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise UserInputError(f"{source}: {key} must be {_JSON_NAMES[kind]}, got {value!r}")
         if d.get("model_type", "llama") != "llama":
-            raise ValueError(f"config.json model_type is {d['model_type']!r}; only 'llama' is supported")
+            raise UserInputError(f"{source}: model_type is {d['model_type']!r}; only 'llama' is supported")
         for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size"):
-            if key not in d:
-                raise ValueError(f"config.json has no {key!r}: not a Llama config")
-        head_dim = d.get("head_dim")
-        if head_dim is not None and head_dim != d["hidden_size"] // d["num_attention_heads"]:
-            raise ValueError(f"config.json head_dim {head_dim} != hidden_size / num_attention_heads; not supported")
+            if d.get(key) is None:
+                raise UserInputError(f"{source} has no {key!r}: not a Llama config")
+        head_dim, heads = d.get("head_dim"), d["num_attention_heads"]
+        if head_dim is not None and heads > 0 and head_dim != d["hidden_size"] // heads:
+            raise UserInputError(f"{source}: head_dim {head_dim} != hidden_size / num_attention_heads; not supported")
         if d.get("attention_bias") or d.get("mlp_bias"):
-            raise ValueError("config.json asks for attention_bias or mlp_bias; Llama without biases only")
+            raise UserInputError(f"{source} asks for attention_bias or mlp_bias; Llama without biases only")
         rope = d.get("rope_parameters") or {}
-        theta = rope.get("rope_theta", d.get("rope_theta", 10000.0))
+        theta = finite_float(rope.get("rope_theta", d.get("rope_theta", 10000.0)), f"{source}: rope_theta")
         scaling = {k: v for k, v in rope.items() if k != "rope_theta"} or d.get("rope_scaling")
         known = {"hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size",
                  "vocab_size", "rms_norm_eps", "rope_theta", "rope_scaling", "rope_parameters",
                  "max_position_embeddings", "tie_word_embeddings", "head_dim", "model_type", "architectures"}
-        return cls(
-            vocab_size=d["vocab_size"], dim=d["hidden_size"], n_layers=d["num_hidden_layers"],
-            n_heads=d["num_attention_heads"], n_kv_heads=d.get("num_key_value_heads") or d["num_attention_heads"],
-            ffn_dim=d["intermediate_size"], norm_eps=float(d.get("rms_norm_eps", 1e-6)), rope_theta=float(theta),
-            max_seq_len=d.get("max_position_embeddings", 2048), rope_scaling=scaling,
-            tie_embeddings=bool(d.get("tie_word_embeddings", False)),
-            extra={k: v for k, v in d.items() if k not in known},
-        )
+        try:
+            return cls(
+                vocab_size=d["vocab_size"], dim=d["hidden_size"], n_layers=d["num_hidden_layers"],
+                n_heads=d["num_attention_heads"], n_kv_heads=d.get("num_key_value_heads") or d["num_attention_heads"],
+                ffn_dim=d["intermediate_size"], norm_eps=d.get("rms_norm_eps", 1e-6), rope_theta=theta,
+                max_seq_len=d.get("max_position_embeddings", 2048), rope_scaling=scaling,
+                tie_embeddings=d.get("tie_word_embeddings") or False,
+                extra={k: v for k, v in d.items() if k not in known},
+            )
+        except UserInputError as e:
+            raise UserInputError(f"{source}: {e}") from None
 
     @classmethod
     def from_hf(cls, path: str | Path) -> LlamaConfig:
@@ -140,7 +163,7 @@ class LlamaConfig:
             path = path / "config.json"
         if not path.is_file():
             raise FileNotFoundError(f"no Hugging Face config at {path}")
-        return cls.from_hf_dict(json.loads(path.read_text()))
+        return cls.from_hf_dict(read_json(path), source=str(path))
 
     def to_hf_dict(self) -> dict:
         """A transformers-5 `config.json` dict (`rope_parameters` carries rope_theta and the scaling)."""
@@ -164,6 +187,23 @@ class LlamaConfig:
         block = attn + 3 * self.dim * self.ffn_dim + 2 * self.dim
         head = 0 if self.tie_embeddings else self.vocab_size * self.dim
         return self.vocab_size * self.dim + self.n_layers * block + self.dim + head
+
+
+# the config.json keys from_hf_dict reads, and the JSON type each must have
+_HF_TYPES = {"vocab_size": int, "hidden_size": int, "num_hidden_layers": int, "num_attention_heads": int,
+             "num_key_value_heads": int, "intermediate_size": int, "max_position_embeddings": int, "head_dim": int,
+             "rms_norm_eps": float, "rope_theta": float, "tie_word_embeddings": bool, "rope_parameters": dict,
+             "rope_scaling": dict, "model_type": str}
+_JSON_NAMES = {int: "an integer", bool: "true or false", dict: "an object", str: "a string"}
+
+
+def read_json(path: str | Path):
+    """The JSON value in the file `path`; UserInputError naming the file if it is not JSON (a missing file raises
+    FileNotFoundError)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserInputError(f"{path} is not valid JSON ({e})") from None
 
 
 def _llama_ffn(dim: int, multiple_of: int = 256, multiplier: float = 1.0) -> int:

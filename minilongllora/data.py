@@ -15,13 +15,15 @@ from __future__ import annotations
 import gzip
 import json
 import lzma
+import math
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .errors import UserInputError
 
 CORPUS_ROOT = Path(__file__).resolve().parent.parent / "data" / "pystdlib"
 REBUILD = "python data/build_corpus.py"
@@ -42,7 +44,7 @@ class ByteTokenizer:
         """The same ids as a uint8 array (fast path used by `pack`)."""
         ids = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
         if (ids == self.eos_id).any():
-            raise ValueError("text contains a NUL byte, which ByteTokenizer reserves as the end-of-document token")
+            raise UserInputError("text contains a NUL byte, which ByteTokenizer reserves as the end-of-document token")
         return ids
 
     def decode(self, ids) -> str:
@@ -63,26 +65,38 @@ def load_hf_tokenizer(path: str | os.PathLike):
 
 # ---------------------------------------------------------------------------------------------- documents (jsonl)
 def read_jsonl(path: str | os.PathLike) -> Iterator[dict]:
-    """The JSON objects of a `.jsonl`, `.jsonl.gz` or `.jsonl.xz` file (RedPajama: one {"text": ...} per line)."""
+    """The JSON objects of a `.jsonl`, `.jsonl.gz` or `.jsonl.xz` file (RedPajama: one {"text": ...} per line);
+    UserInputError naming the file and the line where it is not JSON, truncated or corrupted."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
     opener = {".gz": gzip.open, ".xz": lzma.open}.get(path.suffix, open)
-    with opener(path, "rt", encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                yield json.loads(line)
+    number = 0
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if line.strip():
+                    yield json.loads(line)
+    except json.JSONDecodeError as e:
+        raise UserInputError(f"{path}, line {number}: not valid JSON ({e})") from None
+    except (OSError, EOFError, lzma.LZMAError, UnicodeDecodeError) as e:  # gzip.BadGzipFile is an OSError
+        raise UserInputError(f"cannot read {path}: truncated or corrupted after {number} lines ({e})") from None
 
 
 def load_jsonl_texts(path: str | os.PathLike, key: str = "text") -> list[str]:
     """The documents of a RedPajama-style jsonl(.gz/.xz) file (the official fine-tuning data's `text` field)."""
-    return [record[key] for record in read_jsonl(path)]
+    texts = []
+    for i, record in enumerate(read_jsonl(path), 1):
+        if not isinstance(record, dict) or not isinstance(record.get(key), str):
+            raise UserInputError(f"{path}: record {i} has no text field {key!r}")
+        texts.append(record[key])
+    return texts
 
 
 def corpus_file(split: str, root: str | os.PathLike | None = None) -> Path:
     """Path of a split of the shipped corpus; FileNotFoundError with the rebuild command if it is absent."""
     if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        raise UserInputError(f"split must be one of {SPLITS}, got {split!r}")
     path = Path(root if root is not None else CORPUS_ROOT) / f"{split}.jsonl.xz"
     if not path.is_file():
         raise FileNotFoundError(f"corpus split not found: {path}; rebuild it with `{REBUILD}` from the repo root")
@@ -91,7 +105,12 @@ def corpus_file(split: str, root: str | os.PathLike | None = None) -> Path:
 
 def load_corpus(split: str, root: str | os.PathLike | None = None) -> list[str]:
     """The documents (file texts, in sorted-path order) of a split of `data/pystdlib`: train, validation or test."""
-    return load_jsonl_texts(corpus_file(split, root))
+    path = corpus_file(split, root)
+    docs = load_jsonl_texts(path)
+    if not docs:
+        raise UserInputError(f"corpus split {path} holds no documents; rebuild it with `{REBUILD}` from the repo "
+                             "root")
+    return docs
 
 
 # ---------------------------------------------------------------------------------------------------------- packing
@@ -100,11 +119,11 @@ def pack_tokens(tokens, seq_len: int) -> torch.Tensor:
 
     The incomplete tail (len % seq_len tokens) is dropped, so no row holds padding."""
     if seq_len < 1:
-        raise ValueError(f"seq_len must be positive, got {seq_len}")
+        raise UserInputError(f"seq_len must be positive, got {seq_len}")
     flat = torch.as_tensor(np.asarray(tokens, dtype=np.int64)).reshape(-1)
     rows = flat.numel() // seq_len
     if rows == 0:
-        raise ValueError(f"only {flat.numel()} tokens: not enough for one sequence of {seq_len}")
+        raise UserInputError(f"only {flat.numel()} tokens: not enough for one sequence of {seq_len}")
     return flat[: rows * seq_len].reshape(rows, seq_len).clone()
 
 
@@ -126,9 +145,9 @@ def pack(docs: Sequence[str], seq_len: int, tokenizer=None) -> torch.Tensor:
     tokenizer = tokenizer if tokenizer is not None else ByteTokenizer()
     eos = tokenizer.eos_id if isinstance(tokenizer, ByteTokenizer) else tokenizer.eos_token_id
     if eos is None:
-        raise ValueError("the tokenizer has no EOS token to separate documents")
+        raise UserInputError("the tokenizer has no EOS token to separate documents")
     if not docs:
-        raise ValueError("no documents to pack")
+        raise UserInputError("no documents to pack")
     sep = np.array([eos], dtype=np.int64)
     parts = []
     for i, doc in enumerate(docs):
@@ -154,10 +173,10 @@ class TokenFile:
             raise FileNotFoundError(f"no token file at {self.path}")
         size = self.path.stat().st_size
         if size == 0:
-            raise ValueError(f"token file {self.path} is empty")
+            raise UserInputError(f"token file {self.path} is empty")
         if size % self.dtype.itemsize:
-            raise ValueError(f"token file {self.path} has {size} bytes, not a multiple of {self.dtype.itemsize} "
-                             f"({self.dtype.name}): truncated, or written with another dtype")
+            raise UserInputError(f"token file {self.path} has {size} bytes, not a multiple of {self.dtype.itemsize} "
+                                 f"({self.dtype.name}): truncated, or written with another dtype")
         self.tokens = np.memmap(self.path, dtype=self.dtype, mode="r")
 
     def __len__(self) -> int:
@@ -186,20 +205,26 @@ def write_token_bin(path: str | os.PathLike, tokens, dtype=np.uint16) -> Path:
     path, dtype = Path(path), np.dtype(dtype)
     arr = np.asarray(tokens.cpu() if isinstance(tokens, torch.Tensor) else tokens).reshape(-1)
     if arr.size == 0:
-        raise ValueError("no tokens to write")
+        raise UserInputError("no tokens to write")
     info = np.iinfo(dtype)
     if arr.min() < info.min or arr.max() > info.max:
-        raise ValueError(f"token ids span [{arr.min()}, {arr.max()}], outside {dtype.name} [{info.min}, {info.max}]")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(arr.astype(dtype).tobytes())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        raise UserInputError(f"token ids span [{arr.min()}, {arr.max()}], outside {dtype.name} [{info.min}, "
+                             f"{info.max}]")
+    from .hf import atomic_write  # imported here: hf imports the model, which imports this module
+
+    atomic_write(path, lambda tmp: tmp.write_bytes(arr.astype(dtype).tobytes()))
     return path
+
+
+def check_token_ids(tokens, vocab_size: int, source: str) -> None:
+    """UserInputError naming `source` unless every id in `tokens` (a tensor, numpy array or memmap) lies in
+    [0, vocab_size): an id past the embedding table means the data was made with another tokenizer."""
+    if math.prod(tokens.shape) == 0:
+        return
+    low, high = int(tokens.min()), int(tokens.max())
+    if low < 0 or high >= vocab_size:
+        raise UserInputError(f"{source} holds token id {low if low < 0 else high}, outside the model's vocabulary "
+                             f"[0, {vocab_size}): data and model use different tokenizers")
 
 
 # ---------------------------------------------------------------------------------------------------------- batches
@@ -211,7 +236,7 @@ class PackedDataset:
 
     def __init__(self, tokens: torch.Tensor, seed: int = 0):
         if tokens.ndim != 2 or tokens.shape[0] == 0:
-            raise ValueError(f"expected a non-empty (num_seqs, seq_len) tensor, got shape {tuple(tokens.shape)}")
+            raise UserInputError(f"expected a non-empty (num_seqs, seq_len) tensor, got shape {tuple(tokens.shape)}")
         self.tokens, self.seed = tokens.long(), int(seed)
         self._perms: dict[int, torch.Tensor] = {}
 
@@ -233,7 +258,7 @@ class PackedDataset:
     def indices(self, step: int, batch_size: int) -> torch.Tensor:
         """The row indices of batch `step`."""
         if step < 0 or batch_size < 1:
-            raise ValueError(f"need step >= 0 and batch_size >= 1, got {step}, {batch_size}")
+            raise UserInputError(f"need step >= 0 and batch_size >= 1, got {step}, {batch_size}")
         n = len(self)
         samples = range(step * batch_size, (step + 1) * batch_size)
         return torch.stack([self.permutation(k // n)[k % n] for k in samples])

@@ -48,6 +48,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .errors import UserInputError
+
 PROTOCOLS = ("sliding", "official")
 
 
@@ -64,11 +66,11 @@ def _as_documents(tokens) -> list[torch.Tensor]:
     for i, doc in enumerate(docs):
         t = doc.long().cpu() if isinstance(doc, torch.Tensor) else torch.as_tensor(np.asarray(doc, dtype=np.int64))
         if t.ndim != 1:
-            raise ValueError(f"document {i} must be a 1-D token stream, got shape {tuple(t.shape)} (flatten packed "
-                             "rows with .reshape(-1), or pass a list of 1-D documents)")
+            raise UserInputError(f"document {i} must be a 1-D token stream, got shape {tuple(t.shape)} (flatten packed "
+                                 "rows with .reshape(-1), or pass a list of 1-D documents)")
         out.append(t)
     if not out:
-        raise ValueError("no tokens to evaluate")
+        raise UserInputError("no tokens to evaluate")
     return out
 
 
@@ -125,10 +127,10 @@ def official_window_starts(n: int, seq_len: int, stride: int = 256) -> list[int]
 
 def _check_lengths(seq_len: int, stride: int):
     if seq_len < 2:
-        raise ValueError(f"seq_len must be ≥ 2 (a window needs one token to predict another), got {seq_len}")
+        raise UserInputError(f"seq_len must be ≥ 2 (a window needs one token to predict another), got {seq_len}")
     if not 1 <= stride <= seq_len:
-        raise ValueError(f"stride must be in [1, seq_len = {seq_len}], got {stride} (a longer stride would skip "
-                         "tokens; for windows under 256 tokens pass e.g. stride=seq_len // 2)")
+        raise UserInputError(f"stride must be in [1, seq_len = {seq_len}], got {stride} (a longer stride would skip "
+                             "tokens; for windows under 256 tokens pass e.g. stride=seq_len // 2)")
 
 
 # --------------------------------------------------------------------------------------------------- perplexity
@@ -145,17 +147,18 @@ def perplexity(model, tokens, seq_len: int, *, stride: int = 256, protocol: str 
     (in document order). Returns {"ppl", "loss" (the mean NLL whose exp is ppl), "tokens_scored", "windows",
     "documents", "documents_skipped", "protocol", "seq_len", "stride"}."""
     if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+        raise UserInputError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     _check_lengths(seq_len, stride)
     if batch_size < 1:
-        raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
+        raise UserInputError(f"batch_size must be ≥ 1, got {batch_size}")
     if max_windows is not None and max_windows < 1:
-        raise ValueError(f"max_windows must be ≥ 1 or None, got {max_windows}")
+        raise UserInputError(f"max_windows must be ≥ 1 or None, got {max_windows}")
     docs = _as_documents(tokens)
     usable = [d for d in docs if d.numel() >= seq_len + 1]
     if not usable:
         longest = max(d.numel() for d in docs)
-        raise ValueError(f"the token stream is too short: {longest} tokens, need at least seq_len + 1 = {seq_len + 1}")
+        raise UserInputError(f"the token stream is too short: {longest} tokens, need at least seq_len + 1 = "
+                             f"{seq_len + 1}")
 
     # (document, start, first scored position within the window)
     windows = []
@@ -165,8 +168,9 @@ def perplexity(model, tokens, seq_len: int, *, stride: int = 256, protocol: str 
         else:
             windows += [(d, s, 1) for s in official_window_starts(doc.numel(), seq_len, stride)]
     if not windows:  # only the official rule can leave none: it needs len > seq_len + stride
-        raise ValueError(f"no official window: the official rule needs more than seq_len + stride = {seq_len + stride}"
-                         f" tokens (it pops the last start), the longest document has {max(d.numel() for d in usable)}")
+        raise UserInputError(f"no official window: the official rule needs more than seq_len + stride = "
+                             f"{seq_len + stride} tokens (it pops the last start), the longest document has "
+                             f"{max(d.numel() for d in usable)}")
     windows = windows[:max_windows]
 
     device = _device(model)
@@ -199,8 +203,8 @@ def position_loss(model, tokens, seq_len: int, *, max_windows: int | None = None
     docs = _as_documents(tokens)
     windows = [(d, s) for d, doc in enumerate(docs) for s in range(0, doc.numel() - seq_len + 1, seq_len)]
     if not windows:
-        raise ValueError(f"the token stream is too short: {max(d.numel() for d in docs)} tokens, need at least "
-                         f"seq_len = {seq_len}")
+        raise UserInputError(f"the token stream is too short: {max(d.numel() for d in docs)} tokens, need at least "
+                             f"seq_len = {seq_len}")
     windows = windows[:max_windows]
     device, total = _device(model), torch.zeros(seq_len - 1, dtype=torch.float64)
     with _EvalMode(model):
@@ -244,7 +248,7 @@ def passkey_prompt(n_garbage: int, seed: int) -> tuple[str, str]:
     tokenizer prefixing "▁"; see `passkey_accuracy`), n_garbage = 0 is allowed (numpy's randint(0, 0) raises), and
     the filler is not capped at 5000 repeats (≈ 445k characters; the text is identical below that)."""
     if n_garbage < 0:
-        raise ValueError(f"n_garbage must be ≥ 0, got {n_garbage}")
+        raise UserInputError(f"n_garbage must be ≥ 0, got {n_garbage}")
     rng = np.random.RandomState(seed)
     n_prefix = int(rng.randint(0, n_garbage)) if n_garbage > 0 else 0
     n_suffix = n_garbage - n_prefix
@@ -281,8 +285,8 @@ def fit_passkey_prompt(tokenizer, target: int, seed: int, chars_per_token: float
 
     n, ids, prompt, answer = build(0)
     if len(ids) > target:
-        raise ValueError(f"target length {target} is shorter than the passkey prompt without filler ({len(ids)} "
-                         "tokens)")
+        raise UserInputError(f"target length {target} is shorter than the passkey prompt without filler ({len(ids)} "
+                             "tokens)")
     n, ids, prompt, answer = build(int((target - len(ids)) * chars_per_token))
     for _ in range(4):  # correct by the measured gap (exact in one step for a byte tokenizer)
         step = int((target - len(ids)) * chars_per_token)
@@ -319,7 +323,7 @@ def passkey_accuracy(model, tokenizer, lengths: Sequence[int], trials: int = 10,
     without RoPE scaling extrapolate, as Figure 4's Llama2 curve does). Returns one row per length: {"length": mean
     prompt length in tokens, "target", "accuracy" (fraction in [0, 1]), "trials"}."""
     if trials < 1:
-        raise ValueError(f"trials must be ≥ 1, got {trials}")
+        raise UserInputError(f"trials must be ≥ 1, got {trials}")
     sample = _filler(4000)
     chars_per_token = len(sample) / len(encode_text(tokenizer, sample))  # estimated once
     device, rows = _device(model), []

@@ -16,6 +16,7 @@ so S2-Attn divides the attention term by n / G = 4 and leaves every other term u
 from __future__ import annotations
 
 from .config import LlamaConfig
+from .errors import UserInputError
 
 TERA = 1e12
 
@@ -23,7 +24,7 @@ TERA = 1e12
 def flops_breakdown(config: LlamaConfig, context: int, group_size_ratio: float | None = None) -> dict:
     """TFLOPs of a forward pass over `context` tokens, by kind, for full attention and S2-Attn (Table 11's columns)."""
     if context <= 0:
-        raise ValueError(f"context must be a positive number of tokens, got {context}")
+        raise UserInputError(f"context must be a positive number of tokens, got {context}")
     ratio = config.group_size_ratio if group_size_ratio is None else group_size_ratio
     n, L, dim, ffn = context, config.n_layers, config.dim, config.ffn_dim
     kv_dim = config.n_kv_heads * config.head_dim

@@ -4,7 +4,7 @@ Our parameter names are Hugging Face's minus the leading `model.` (see model.py)
 convention, so loading is a rename, never a permutation. Weights are read and written only as safetensors: a
 `pytorch_model.bin` is a pickle, and unpickling an untrusted file can run arbitrary code, so we refuse it.
 Files are written atomically (a temporary file in the same directory, then `os.replace`), so a crash never leaves a
-half-written checkpoint behind a valid name.
+half-written checkpoint behind a valid name; they get the mode a plain `open()` would give them (`file_mode`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .config import LlamaConfig
+from .config import LlamaConfig, read_json
+from .errors import UserInputError
 from .model import Llama
 
 WEIGHTS_NAME = "model.safetensors"
@@ -39,7 +40,7 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError) as e:
-        raise ValueError(f"cannot read {path}: corrupted or truncated safetensors file ({e})") from None
+        raise UserInputError(f"cannot read {path}: corrupted or truncated safetensors file ({e})") from None
 
 
 def load_hf_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -48,7 +49,11 @@ def load_hf_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if (path / WEIGHTS_NAME).is_file():
         return _read_safetensors(path / WEIGHTS_NAME)
     if (path / INDEX_NAME).is_file():
-        shards = sorted(set(json.loads((path / INDEX_NAME).read_text())["weight_map"].values()))
+        index = read_json(path / INDEX_NAME)
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise UserInputError(f"{path / INDEX_NAME} has no \"weight_map\" object of tensor name -> shard file")
+        shards = sorted(set(weight_map.values()))
         state: dict[str, torch.Tensor] = {}
         for shard in shards:
             if not (path / shard).is_file():
@@ -56,9 +61,9 @@ def load_hf_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             state.update(_read_safetensors(path / shard))
         return state
     if any(path.glob("*.bin")) or any(path.glob("*.pt")):
-        raise ValueError(f"{path} holds only pickled weights (.bin/.pt); minilongllora loads safetensors only, "
-                         "because unpickling can run code. Convert them once in a trusted environment "
-                         "(transformers: model.save_pretrained(dir, safe_serialization=True))")
+        raise UserInputError(f"{path} holds only pickled weights (.bin/.pt); minilongllora loads safetensors only, "
+                             "because unpickling can run code. Convert them once in a trusted environment "
+                             "(transformers: model.save_pretrained(dir, safe_serialization=True))")
     raise FileNotFoundError(f"no {WEIGHTS_NAME} or {INDEX_NAME} in {path}")
 
 
@@ -82,17 +87,25 @@ def from_hf(path: str | Path, dtype: torch.dtype | None = None, device: str | to
     expected = {name for name, _ in model.named_parameters()}
     missing, unexpected = expected - state.keys(), state.keys() - expected
     if missing or unexpected:
-        raise ValueError(f"checkpoint {path} does not match its config.json: missing {sorted(missing)[:5]}, "
-                         f"unexpected {sorted(unexpected)[:5]}")
+        raise UserInputError(f"checkpoint {path} does not match its config.json: missing {sorted(missing)[:5]}, "
+                             f"unexpected {sorted(unexpected)[:5]}")
     for name, p in model.named_parameters():
         if state[name].shape != p.shape:
-            raise ValueError(f"checkpoint {path}: {name} has shape {tuple(state[name].shape)}, "
-                             f"config.json implies {tuple(p.shape)}")
+            raise UserInputError(f"checkpoint {path}: {name} has shape {tuple(state[name].shape)}, "
+                                 f"config.json implies {tuple(p.shape)}")
     state = {k: v.to(device=device, dtype=dtype or v.dtype) for k, v in state.items()}
     model.load_state_dict(state, strict=False, assign=True)
     if config.tie_embeddings:
         model.lm_head.weight = model.embed_tokens.weight
     return model
+
+
+def file_mode(directory: bool = False) -> int:
+    """The mode a plain `open()` (`mkdir`) gives a new file (directory): 0o666 (0o777) minus the process's umask.
+    Temporary files (mkstemp's, safetensors' own) are private, 0o600; outputs get this mode before their rename."""
+    umask = os.umask(0)  # the only way to read the umask is to set it: put it back at once
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
 
 
 def atomic_write(path: Path, write) -> None:
@@ -102,6 +115,7 @@ def atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

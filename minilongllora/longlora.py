@@ -21,11 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .config import PRESETS
 from .data import ByteTokenizer, load_corpus
+from .errors import UserInputError
 from .evaluate import perplexity, plot_perplexity, plot_position_loss, position_loss
 from .hf import from_hf
-from .recipes import get_recipe
-from .train import train
+from .recipes import RECIPES, get_recipe
+from .train import check_out_dir, train
 
 
 def validation_documents(split: str = "validation") -> list[torch.Tensor]:
@@ -40,11 +42,18 @@ def evaluate_lengths(model, docs, lengths, *, max_windows: int, stride: int = 25
                           check_context=False, progress=False)["ppl"] for n in lengths}
 
 
-def run_context_extension(recipe: str = "extend-tiny-4x", *, max_windows: int = 96, **overrides) -> dict:
+def run_context_extension(recipe: str = "extend-tiny-4x", *, max_windows: int = 96, resume: bool = False,
+                          overwrite: bool = False, **overrides) -> dict:
     """Evaluate the base, extend it with `recipe` (S2-Attn + LoRA+ + position interpolation), evaluate the result.
     Prints a table, writes `extension.json`, `extension.png` (perplexity against length) and `position_loss.png`
-    (loss against position at the target length) into the run directory, and returns the numbers."""
+    (loss against position at the target length) into the run directory, and returns the numbers. `resume` and
+    `overwrite` are `train`'s, for a run directory that already holds a run."""
     cfg = get_recipe(recipe, **overrides)
+    if cfg.base in PRESETS:
+        extensions = [name for name, r in RECIPES.items() if r.base not in PRESETS]
+        raise UserInputError(f"recipe {recipe!r} is not an extension recipe (its base {cfg.base!r} is a preset, "
+                             f"trained from scratch); use one of {', '.join(extensions)}")
+    check_out_dir(cfg.out_dir, resume, overwrite)  # before the evaluations of the base, which take a while
     started = time.time()
     base = from_hf(cfg.base).eval()
     short = base.config.max_seq_len
@@ -57,7 +66,7 @@ def run_context_extension(recipe: str = "extend-tiny-4x", *, max_windows: int = 
     rows = {"base": evaluate_lengths(base, docs, lengths, max_windows=max_windows),
             f"base + PI x{factor:g}, no fine-tuning": evaluate_lengths(interpolated, docs, lengths,
                                                                         max_windows=max_windows)}
-    result = train(cfg)
+    result = train(cfg, resume=resume, overwrite=overwrite)
     extended = from_hf(result["final"]).eval()
     rows["LongLoRA (S2-Attn + LoRA+ + PI)"] = evaluate_lengths(extended, docs, lengths, max_windows=max_windows)
 

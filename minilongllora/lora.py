@@ -36,11 +36,13 @@ import re
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from torch.nn import functional as F
 
-from .hf import atomic_write
+from .config import read_json
+from .errors import UserInputError, finite_float
+from .hf import _read_safetensors, atomic_write
 from .model import MLP, Attention, RMSNorm
 
 # short target name → module inside each block; "q_proj" etc. are accepted too
@@ -67,8 +69,10 @@ class LoRALinear(nn.Linear):
     ):
         if isinstance(base, LoRALinear) or not isinstance(base, nn.Linear):
             raise TypeError(f"LoRALinear wraps a plain nn.Linear, got {type(base).__name__}")
+        finite_float(alpha, "LoRA alpha"), finite_float(dropout, "LoRA dropout")  # numbers, neither NaN nor infinite
         if not isinstance(r, int) or isinstance(r, bool) or r <= 0 or not alpha > 0 or not 0 <= dropout < 1:
-            raise ValueError(f"LoRA needs an integer r > 0, alpha > 0, 0 ≤ dropout < 1; got {r=}, {alpha=}, {dropout=}")
+            raise UserInputError(f"LoRA needs an integer r > 0, alpha > 0, 0 ≤ dropout < 1; got {r=}, {alpha=}, "
+                                 f"{dropout=}")
         super().__init__(base.in_features, base.out_features, bias=False, device="meta")  # no throw-away weight
         self.weight, self.bias = base.requires_grad_(False).weight, base.bias  # W0: the same Parameters, frozen
         self.r, self.alpha, self.dropout_p, self.scaling = r, alpha, dropout, alpha / r
@@ -300,58 +304,65 @@ def load_peft_adapter(model: nn.Module, path: str | Path) -> nn.Module:
         raise FileNotFoundError(f"no {ADAPTER_CONFIG} in {path}: not a peft adapter directory")
     if not (path / ADAPTER_WEIGHTS).is_file():
         if (path / "adapter_model.bin").is_file():
-            raise ValueError(f"{path} holds only adapter_model.bin, a pickle (unpickling can run code); minilongllora "
-                             f"reads {ADAPTER_WEIGHTS} only: re-save it with peft's save_pretrained(safe_serialization"
-                             "=True) in a trusted environment")
+            raise UserInputError(f"{path} holds only adapter_model.bin, a pickle (unpickling can run code); "
+                                 f"minilongllora reads {ADAPTER_WEIGHTS} only: re-save it with peft's "
+                                 "save_pretrained(safe_serialization=True) in a trusted environment")
         raise FileNotFoundError(f"no {ADAPTER_WEIGHTS} in {path}")
-    config = json.loads((path / ADAPTER_CONFIG).read_text())
+    config = read_json(path / ADAPTER_CONFIG)
+    if not isinstance(config, dict) or "r" not in config or "lora_alpha" not in config:
+        raise UserInputError(f"{path / ADAPTER_CONFIG} is not a LoRA adapter config (a JSON object with r and "
+                             "lora_alpha)")
     if config.get("peft_type") != "LORA":
-        raise ValueError(f"{path}: peft_type is {config.get('peft_type')!r}; only LORA adapters are supported")
+        raise UserInputError(f"{path}: peft_type is {config.get('peft_type')!r}; only LORA adapters are supported")
     for key, allowed in _UNSUPPORTED.items():
         if config.get(key) not in allowed:
-            raise ValueError(f"{path}: {key}={config[key]!r} is not supported (minilongllora implements plain LoRA, "
-                             f"h = W0 x + (alpha/r) B A x; DoRA, rsLoRA, per-module ranks and biases are not)")
+            raise UserInputError(f"{path}: {key}={config[key]!r} is not supported (minilongllora implements plain "
+                                 "LoRA, h = W0 x + (alpha/r) B A x; DoRA, rsLoRA, per-module ranks and biases are "
+                                 "not)")
     r, alpha, dropout = config["r"], config["lora_alpha"], config.get("lora_dropout", 0.0)
 
     lora, full = {}, {}  # module name → {"A": t, "B": t}; parameter name → tensor (modules_to_save)
-    for key, t in load_file(str(path / ADAPTER_WEIGHTS)).items():
+    for key, t in _read_safetensors(path / ADAPTER_WEIGHTS).items():
         if not key.startswith(PEFT_PREFIX):
-            raise ValueError(f"{path}: unexpected tensor {key!r} (peft keys start with {PEFT_PREFIX!r})")
+            raise UserInputError(f"{path}: unexpected tensor {key!r} (peft keys start with {PEFT_PREFIX!r})")
         name = _our_name(key.removeprefix(PEFT_PREFIX))
         if m := re.fullmatch(r"(.+)\.lora_([AB])\.weight", name):
             lora.setdefault(m[1], {})[m[2]] = t
         elif "lora_" in name:  # DoRA's lora_magnitude_vector, LoRA on embeddings' lora_embedding_A, ...
-            raise ValueError(f"{path}: tensor {key!r} belongs to a LoRA variant minilongllora does not implement")
+            raise UserInputError(f"{path}: tensor {key!r} belongs to a LoRA variant minilongllora does not implement")
         else:
             full[name] = t
 
     params = dict(model.named_parameters(remove_duplicate=False))  # a tied lm_head.weight is the embedding's
     for name, ab in lora.items():
         if set(ab) != {"A", "B"}:
-            raise ValueError(f"{path}: {name} has lora_{''.join(ab)} but not both lora_A and lora_B")
+            raise UserInputError(f"{path}: {name} has lora_{''.join(ab)} but not both lora_A and lora_B")
         try:
             base = model.get_submodule(name)
         except AttributeError:
-            raise ValueError(f"{path}: the adapter targets {name}, which this model does not have") from None
+            raise UserInputError(f"{path}: the adapter targets {name}, which this model does not have") from None
         if not isinstance(base, nn.Linear):
-            raise ValueError(f"{path}: the adapter targets {name}, a {type(base).__name__}; only nn.Linear is supported")
+            raise UserInputError(f"{path}: the adapter targets {name}, a {type(base).__name__}; only nn.Linear is "
+                                 "supported")
         want = {"A": (r, base.in_features), "B": (base.out_features, r)}
         for ab_name, t in ab.items():
             if tuple(t.shape) != want[ab_name]:
-                raise ValueError(f"{path}: {name}.lora_{ab_name} has shape {tuple(t.shape)}, the model (r={r}) "
-                                 f"needs {want[ab_name]}")
+                raise UserInputError(f"{path}: {name}.lora_{ab_name} has shape {tuple(t.shape)}, the model (r={r}) "
+                                     f"needs {want[ab_name]}")
     tied = getattr(model.config, "tie_embeddings", False)
     if tied and len({"embed_tokens.weight", "lm_head.weight"} & set(full)) == 1:
-        raise ValueError(f"{path} trains one of embed_tokens / lm_head of a tied model without ensure_weight_tying, "
-                         "so in peft the other keeps its original weights; this model ties them and cannot follow")
+        raise UserInputError(f"{path} trains one of embed_tokens / lm_head of a tied model without "
+                             "ensure_weight_tying, so in peft the other keeps its original weights; this model ties "
+                             "them and cannot follow")
     for name, t in full.items():
         if name not in params:
-            raise ValueError(f"{path}: the adapter saves {name}, which this model does not have")
+            raise UserInputError(f"{path}: the adapter saves {name}, which this model does not have")
         if t.shape != params[name].shape:
-            raise ValueError(f"{path}: {name} has shape {tuple(t.shape)}, the model needs {tuple(params[name].shape)}")
+            raise UserInputError(f"{path}: {name} has shape {tuple(t.shape)}, the model needs "
+                                 f"{tuple(params[name].shape)}")
         twins = [other for other in full if other != name and params.get(other) is params[name]]
         if twins and not torch.equal(t, full[twins[0]]):
-            raise ValueError(f"{path}: {name} and {twins[0]} differ, but this model ties them into one tensor")
+            raise UserInputError(f"{path}: {name} and {twins[0]} differ, but this model ties them into one tensor")
 
     _wrap(model, list(lora), r, alpha, dropout)
     with torch.no_grad():

@@ -24,6 +24,8 @@ from torch.utils.checkpoint import checkpoint
 
 from .attention import attention_mask, attention_probs, causal_attention, sparse_attention
 from .config import LlamaConfig
+from .data import check_token_ids
+from .errors import UserInputError
 from .rope import apply_rope, rope_cos_sin
 
 
@@ -166,10 +168,12 @@ class Llama(nn.Module):
         b, n = tokens.shape
         start = cache.pos if cache is not None else 0
         if check_context and cfg.rope_scaling is None and start + n > cfg.max_seq_len:
-            raise ValueError(
+            raise UserInputError(
                 f"{start + n} positions exceed the model's context of {cfg.max_seq_len} and no RoPE scaling is set; "
                 f"extend it with position interpolation, e.g. rope_scaling={{'rope_type': 'linear', 'factor': "
                 f"{math.ceil((start + n) / cfg.max_seq_len)}}}, or pass check_context=False to extrapolate")
+        if tokens.device.type == "cpu":  # on CUDA it would wait for the GPU at every call; the trainer checks its data
+            check_token_ids(tokens, cfg.vocab_size, "tokens")
         x = self.embed_tokens(tokens)  # (b, n, dim)
         cos, sin = self.rope(start, n, x)  # (n, d)
         pattern = "full" if cache is not None else self.attention_pattern()
@@ -231,7 +235,7 @@ class Llama(nn.Module):
         if tokens.ndim != 2:
             raise ValueError(f"tokens must be (batch, seq), got shape {tuple(tokens.shape)}")
         if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be ≥ 0, got {max_new_tokens}")
+            raise UserInputError(f"max_new_tokens must be ≥ 0, got {max_new_tokens}")
         was_training = self.training
         self.eval()
         dtype = next(self.parameters()).dtype

@@ -19,6 +19,7 @@ the `tiny` preset (4 layers, dim 256, 3.4M parameters) trains at about 7,000 tok
 
 from __future__ import annotations
 
+from .errors import UserInputError
 from .rope import interpolation_factor
 from .train import TrainConfig
 
@@ -66,5 +67,5 @@ RECIPES: dict[str, TrainConfig] = {
 def get_recipe(name: str, **overrides) -> TrainConfig:
     """The recipe `name` with some fields replaced (validated again): get_recipe("pretrain-tiny", steps=10)."""
     if name not in RECIPES:
-        raise ValueError(f"unknown recipe {name!r}; known recipes: {', '.join(RECIPES)}")
+        raise UserInputError(f"unknown recipe {name!r}; known recipes: {', '.join(RECIPES)}")
     return RECIPES[name].replace(**overrides)

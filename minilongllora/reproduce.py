@@ -96,6 +96,7 @@ import numpy as np
 import torch
 
 from .config import LlamaConfig
+from .errors import UserInputError
 from .paper import PAPER, T6_PATTERNS  # the paper's numbers (Llama2 7B), in our row fields
 from .train import TrainConfig
 
@@ -772,9 +773,9 @@ def reproduce(name: str, *, quick: bool = False, seeds: int = 1, out: str | Path
     settings (base, budget, evaluation, train_configs, runs), paper, rows, summary (and table1's starting_point: the
     base with each context's interpolation, before fine-tuning)."""
     if name not in TABLES:
-        raise ValueError(f"unknown table {name!r}; choose one of {', '.join(TABLES)}")
+        raise UserInputError(f"unknown table {name!r}; choose one of {', '.join(TABLES)}")
     if not isinstance(seeds, int) or seeds < 1:
-        raise ValueError(f"--seeds must be a positive integer, got {seeds!r}")
+        raise UserInputError(f"--seeds must be a positive integer, got {seeds!r}")
     base = base or DEFAULT_BASE
     cache_dir = cache_dir or DEFAULT_CACHE
     started, t0, commit = time.strftime("%Y-%m-%dT%H:%M:%S%z"), time.time(), git_commit()  # the code it starts with

@@ -65,8 +65,9 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .config import ATTENTION_PATTERNS, PRESETS, S2_VARIANTS, LlamaConfig
-from .data import PackedDataset, corpus_tokens, load_token_bin
-from .hf import atomic_write, from_hf, to_hf
+from .data import PackedDataset, check_token_ids, corpus_tokens, load_token_bin
+from .errors import UserInputError, finite_float
+from .hf import atomic_write, file_mode, from_hf, to_hf
 from .lora import apply_lora, apply_lora_plus, format_parameter_report, merge_lora, save_peft_adapter
 from .model import Llama, lm_loss
 from .rope import interpolation_factor
@@ -78,6 +79,10 @@ MODEL_FILE, OPTIMIZER_FILE, STATE_FILE = "model.safetensors", "optimizer.safeten
 # fields that may change between a run and its resume; batch_size / grad_accum may too, if the global batch stays
 RESUMABLE_CHANGES = {"out_dir", "steps", "save_every", "eval_every", "eval_windows", "eval_data", "log_every",
                      "device", "gradient_checkpointing", "batch_size", "grad_accum"}
+STATE_TYPES = {"step": int, "config": dict, "files": dict, "scheduler": dict, "rng": dict, "metrics": list,
+               "seconds": (int, float), "global_batch": int}  # what resuming reads from state.json
+RUN_FILES = ("run.json", "metrics.jsonl", CHECKPOINT, CHECKPOINT_OLD, "adapter", "final")  # what a run writes
+FLOAT_FIELDS = ("lr", "weight_decay", "clip", "lora_alpha", "lora_dropout", "group_size_ratio", "rope_factor")
 
 
 class TrainingDiverged(RuntimeError):
@@ -120,49 +125,62 @@ class TrainConfig:
     device: str | None = None  # None = cuda if available, else cpu
 
     def __post_init__(self):
-        self.betas = tuple(float(b) for b in self.betas)
+        self.betas = tuple(finite_float(b, "TrainConfig.betas") for b in self.betas)
+        for name in FLOAT_FIELDS:  # NaN and infinity pass comparisons such as `lr > 0`: refused first
+            if getattr(self, name) is not None:
+                finite_float(getattr(self, name), f"TrainConfig.{name}")
         positive = ("seq_len", "steps", "batch_size", "grad_accum", "lora_r", "eval_windows", "log_every")
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"TrainConfig.{name} must be a positive integer, got {value!r}")
+                raise UserInputError(f"TrainConfig.{name} must be a positive integer, got {value!r}")
+        if self.seq_len < 2:
+            raise UserInputError(f"TrainConfig.seq_len must be >= 2 (a token is learned from the tokens before it), "
+                                 f"got {self.seq_len}")
         for name in ("warmup_steps", "save_every", "eval_every", "seed"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"TrainConfig.{name} must be a non-negative integer, got {value!r}")
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"TrainConfig.lr must be a positive number, got {self.lr!r}")
+                raise UserInputError(f"TrainConfig.{name} must be a non-negative integer, got {value!r}")
+        if not self.lr > 0:
+            raise UserInputError(f"TrainConfig.lr must be a positive number, got {self.lr!r}")
         if not self.weight_decay >= 0:
-            raise ValueError(f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay!r}")
+            raise UserInputError(f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay!r}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise ValueError(f"TrainConfig.betas must be two numbers in [0, 1), got {self.betas!r}")
+            raise UserInputError(f"TrainConfig.betas must be two numbers in [0, 1), got {self.betas!r}")
+        # AdamW's first step multiplies by lr / (1 - beta1), its weight decay by lr · weight_decay: both in float32
+        if max(self.lr / (1 - self.betas[0]), self.lr * self.weight_decay) > torch.finfo(torch.float32).max:
+            raise UserInputError(f"TrainConfig.lr {self.lr:g} is too large: AdamW's step lr / (1 - beta1) or "
+                                 f"lr * weight_decay overflows float32")
         if not self.clip >= 0:
-            raise ValueError(f"TrainConfig.clip must be >= 0 (0 = no clipping), got {self.clip!r}")
+            raise UserInputError(f"TrainConfig.clip must be >= 0 (0 = no clipping), got {self.clip!r}")
         if self.method not in METHODS:
-            raise ValueError(f"TrainConfig.method must be one of {METHODS}, got {self.method!r}")
+            raise UserInputError(f"TrainConfig.method must be one of {METHODS}, got {self.method!r}")
         if not self.lora_alpha > 0 or not 0 <= self.lora_dropout < 1:
-            raise ValueError(f"TrainConfig: need lora_alpha > 0 and 0 <= lora_dropout < 1, got "
-                             f"{self.lora_alpha!r}, {self.lora_dropout!r}")
+            raise UserInputError(f"TrainConfig: need lora_alpha > 0 and 0 <= lora_dropout < 1, got "
+                                 f"{self.lora_alpha!r}, {self.lora_dropout!r}")
         if self.attention not in ATTENTION_PATTERNS:
-            raise ValueError(f"TrainConfig.attention must be one of {ATTENTION_PATTERNS}, got {self.attention!r}")
+            raise UserInputError(f"TrainConfig.attention must be one of {ATTENTION_PATTERNS}, got {self.attention!r}")
         if self.s2_variant not in S2_VARIANTS:
-            raise ValueError(f"TrainConfig.s2_variant must be one of {S2_VARIANTS}, got {self.s2_variant!r}")
+            raise UserInputError(f"TrainConfig.s2_variant must be one of {S2_VARIANTS}, got {self.s2_variant!r}")
         if not 0 < self.group_size_ratio <= 1:
-            raise ValueError(f"TrainConfig.group_size_ratio must be in (0, 1], got {self.group_size_ratio!r}")
+            raise UserInputError(f"TrainConfig.group_size_ratio must be in (0, 1], got {self.group_size_ratio!r}")
         if self.attention != "full":  # the official code raises on a remainder too (llama_attn_replace.py L237-241)
             group = max(2, int(self.seq_len * self.group_size_ratio))  # LlamaConfig.group_size
             block = 2 * group if self.attention == "dilated" else group
             if group % 2 or self.seq_len % block:
-                raise ValueError(f"seq_len {self.seq_len} is not divisible into S2-Attn groups: group_size_ratio "
-                                 f"{self.group_size_ratio} gives groups of {group} tokens, which must be even and "
-                                 f"divide seq_len{' twice' if block != group else ''}")
+                raise UserInputError(f"seq_len {self.seq_len} is not divisible into S2-Attn groups: group_size_ratio "
+                                     f"{self.group_size_ratio} gives groups of {group} tokens, which must be even and "
+                                     f"divide seq_len{' twice' if block != group else ''}")
         if self.rope_factor is not None and not self.rope_factor >= 1:
-            raise ValueError(f"TrainConfig.rope_factor must be >= 1 (1 = no interpolation) or None, got "
-                             f"{self.rope_factor!r}")
+            raise UserInputError(f"TrainConfig.rope_factor must be >= 1 (1 = no interpolation) or None, got "
+                                 f"{self.rope_factor!r}")
         if self.precision is not None and self.precision not in PRECISIONS:
-            raise ValueError(f"TrainConfig.precision must be one of {PRECISIONS} or None, got {self.precision!r}")
+            raise UserInputError(f"TrainConfig.precision must be one of {PRECISIONS} or None, got {self.precision!r}")
         if not isinstance(self.model_overrides, dict):
-            raise ValueError(f"TrainConfig.model_overrides must be a dict, got {self.model_overrides!r}")
+            raise UserInputError(f"TrainConfig.model_overrides must be a dict, got {self.model_overrides!r}")
+        if self.eval_every and self.data != "pystdlib" and self.eval_data is None:
+            raise UserInputError(f"TrainConfig.eval_every = {self.eval_every} needs validation data: with data = "
+                                 f"{self.data!r}, set eval_data (--eval-data FILE.bin), or eval_every = 0")
 
     def replace(self, **changes) -> TrainConfig:
         return dataclasses.replace(self, **changes)
@@ -193,10 +211,19 @@ def seed_everything(seed: int) -> None:
 
 
 def _device_of(cfg: TrainConfig) -> torch.device:
+    """The run's device, checked against what this machine has."""
     name = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but CUDA is not available")
-    return torch.device(name)
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or not available.get(device.type):
+        raise UserInputError(f"device {name!r} is not available here; available: "
+                             f"{', '.join(t for t, ok in available.items() if ok)}")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UserInputError(f"device {name!r} asked for, but this machine has {torch.cuda.device_count()} GPU(s)")
+    return device
 
 
 def _precision(cfg: TrainConfig, device: torch.device) -> str:
@@ -235,21 +262,19 @@ def resolve_model_config(cfg: TrainConfig) -> tuple[LlamaConfig, bool]:
     ceil(seq_len / max_seq_len) unless `rope_factor` says otherwise (1 = none). A preset trains from scratch, so there
     is nothing to interpolate: its context simply becomes seq_len."""
     if cfg.base in PRESETS:
-        unknown = sorted(set(cfg.model_overrides) - {f.name for f in dataclasses.fields(LlamaConfig)})
-        if unknown:
-            raise ValueError(f"model_overrides: {unknown} are not LlamaConfig fields")
         base = LlamaConfig.from_preset(cfg.base, **cfg.model_overrides)
         from_scratch = True
     else:
         if not cfg.base:
-            raise ValueError("no base model: pass a preset name or a Hugging Face directory (--base PATH)")
+            raise UserInputError("no base model: pass a preset name or a Hugging Face directory (--base PATH)")
         path = Path(cfg.base)
         if not path.is_dir():
             raise FileNotFoundError(f"base {cfg.base!r} is neither a preset ({', '.join(PRESETS)}) nor a directory "
                                     f"(make a base with `python -m minilongllora pretrain`, then `python -m "
                                     f"minilongllora export runs/pretrain-tiny --out {cfg.base}`)")
         if cfg.model_overrides:
-            raise ValueError("model_overrides apply to a preset base only; a directory's config.json fixes the shape")
+            raise UserInputError("model_overrides apply to a preset base only; a directory's config.json fixes the "
+                                 "shape")
         base = LlamaConfig.from_hf(path)
         from_scratch = False
     max_seq_len, scaling = base.max_seq_len, base.rope_scaling
@@ -263,12 +288,12 @@ def resolve_model_config(cfg: TrainConfig) -> tuple[LlamaConfig, bool]:
     config = base.replace(max_seq_len=max_seq_len, rope_scaling=scaling, attention=cfg.attention,
                           s2_variant=cfg.s2_variant, group_size_ratio=cfg.group_size_ratio)
     if cfg.seq_len > config.context_length:
-        raise ValueError(f"seq_len {cfg.seq_len} exceeds the model's context of {config.context_length} tokens "
-                         f"(max_seq_len {config.max_seq_len}, RoPE scaling {config.rope_scaling}); leave rope_factor "
-                         f"unset for position interpolation by ceil(seq_len / context), or raise it")
+        raise UserInputError(f"seq_len {cfg.seq_len} exceeds the model's context of {config.context_length} tokens "
+                             f"(max_seq_len {config.max_seq_len}, RoPE scaling {config.rope_scaling}); leave "
+                             f"rope_factor unset for position interpolation by ceil(seq_len / context), or raise it")
     if cfg.attention != "full" and config.n_heads % 2:
-        raise ValueError(f"attention {cfg.attention!r} shifts half of the heads: n_heads must be even, got "
-                         f"{config.n_heads}")
+        raise UserInputError(f"attention {cfg.attention!r} shifts half of the heads: n_heads must be even, got "
+                             f"{config.n_heads}")
     return config, from_scratch
 
 
@@ -341,7 +366,7 @@ class _TokenFileRows(PackedDataset):
         self.file, self._seq_len, self.seed, self._perms = load_token_bin(path), seq_len, int(seed), {}
         self.rows = len(self.file) // seq_len
         if self.rows == 0:
-            raise ValueError(f"{path} holds {len(self.file)} tokens, fewer than one sequence of {seq_len}")
+            raise UserInputError(f"{path} holds {len(self.file)} tokens, fewer than one sequence of {seq_len}")
 
     def __len__(self) -> int:
         return self.rows
@@ -356,27 +381,37 @@ class _TokenFileRows(PackedDataset):
         return torch.from_numpy(np.stack(rows))
 
 
-def load_dataset(cfg: TrainConfig) -> PackedDataset:
+def load_dataset(cfg: TrainConfig, vocab_size: int | None = None) -> PackedDataset:
+    """The training rows; with `vocab_size`, every token id of the data is checked against it first."""
     if cfg.data == "pystdlib":
-        return PackedDataset(corpus_tokens("train", cfg.seq_len), seed=cfg.seed)
-    if not Path(cfg.data).is_file():
+        dataset = PackedDataset(corpus_tokens("train", cfg.seq_len), seed=cfg.seed)
+        tokens = dataset.tokens
+    elif not Path(cfg.data).is_file():
         raise FileNotFoundError(f"data {cfg.data!r} is neither 'pystdlib' nor a token .bin file")
-    return _TokenFileRows(cfg.data, cfg.seq_len, cfg.seed)
+    else:
+        dataset = _TokenFileRows(cfg.data, cfg.seq_len, cfg.seed)
+        tokens = dataset.file.tokens
+    if vocab_size is not None:
+        check_token_ids(tokens, vocab_size, f"data {cfg.data}")
+    return dataset
 
 
-def validation_rows(cfg: TrainConfig) -> torch.Tensor | None:
-    """The first `eval_windows` windows of seq_len tokens of the validation data, or None if there is none."""
+def validation_rows(cfg: TrainConfig, vocab_size: int | None = None) -> torch.Tensor | None:
+    """The first `eval_windows` windows of seq_len tokens of the validation data, or None with eval_every = 0; with
+    `vocab_size`, their token ids are checked against it."""
     if cfg.eval_every == 0:
         return None
     if cfg.eval_data is not None:
         tokens = load_token_bin(cfg.eval_data).tokens
         n = min(cfg.eval_windows, len(tokens) // cfg.seq_len)
         if n == 0:
-            raise ValueError(f"eval_data {cfg.eval_data} holds fewer than seq_len = {cfg.seq_len} tokens")
-        return torch.from_numpy(np.asarray(tokens[:n * cfg.seq_len], dtype=np.int64)).view(n, cfg.seq_len)
-    if cfg.data == "pystdlib":
-        return corpus_tokens("validation", cfg.seq_len)[:cfg.eval_windows]
-    return None
+            raise UserInputError(f"eval_data {cfg.eval_data} holds fewer than seq_len = {cfg.seq_len} tokens")
+        rows = torch.from_numpy(np.asarray(tokens[:n * cfg.seq_len], dtype=np.int64)).view(n, cfg.seq_len)
+    else:  # pystdlib's validation split (TrainConfig asks for eval_data with any other data)
+        rows = corpus_tokens("validation", cfg.seq_len)[:cfg.eval_windows]
+    if vocab_size is not None:
+        check_token_ids(rows, vocab_size, f"validation data {cfg.eval_data or cfg.data}")
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------------- checkpoints
@@ -399,6 +434,7 @@ def _write_json(path: Path, obj) -> None:
 
 def _save_safetensors(tensors: dict, path: Path, step: int) -> None:
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata={"format": "pt", "step": str(step)})
+    path.chmod(file_mode())  # safetensors writes a private temporary file and renames it
     with open(path, "rb") as f:
         os.fsync(f.fileno())
 
@@ -409,7 +445,7 @@ def write_checkpoint(out_dir: Path, model_state: dict, optim_state: dict, state:
     for stale in out_dir.glob(TMP_PREFIX + "*"):  # left by an earlier crash mid-write: never a valid checkpoint
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=out_dir))
-    tmp.chmod(0o755)  # mkdtemp makes it private
+    tmp.chmod(file_mode(directory=True))  # mkdtemp makes it private
     step = state["step"]
     _save_safetensors(model_state, tmp / MODEL_FILE, step)
     _save_safetensors(optim_state, tmp / OPTIMIZER_FILE, step)
@@ -432,22 +468,41 @@ def read_checkpoint(path: Path) -> tuple[dict, dict, dict]:
     state_path = path / STATE_FILE
     try:
         state = json.loads(state_path.read_text())
-        sizes, step = state["files"], state["step"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"corrupted checkpoint file {state_path}: {e}") from None
+    except (OSError, ValueError) as e:
+        raise UserInputError(f"corrupted checkpoint file {state_path}: {e}") from None
+    for key, kind in STATE_TYPES.items():
+        if not isinstance(state, dict) or not isinstance(state.get(key), kind):
+            raise UserInputError(f"corrupted checkpoint file {state_path}: {key!r} is missing or of the wrong type")
+    try:
+        TrainConfig.from_dict(state["config"])
+    except (ValueError, TypeError) as e:
+        raise UserInputError(f"corrupted checkpoint file {state_path}: config: {e}") from None
+    sizes = state["files"]
     tensors = []
     for name in (MODEL_FILE, OPTIMIZER_FILE):
         file = path / name
         if not file.is_file():
-            raise ValueError(f"incomplete checkpoint {path}: {name} is missing")
+            raise UserInputError(f"incomplete checkpoint {path}: {name} is missing")
         if file.stat().st_size != sizes.get(name):
-            raise ValueError(f"corrupted checkpoint file {file}: {file.stat().st_size} bytes, state.json recorded "
-                             f"{sizes.get(name)} (truncated or overwritten)")
+            raise UserInputError(f"corrupted checkpoint file {file}: {file.stat().st_size} bytes, state.json recorded "
+                                 f"{sizes.get(name)} (truncated or overwritten)")
         try:
             tensors.append(load_file(str(file)))
         except (SafetensorError, OSError) as e:
-            raise ValueError(f"corrupted checkpoint file {file}: {e}") from None
+            raise UserInputError(f"corrupted checkpoint file {file}: {e}") from None
     return tensors[0], tensors[1], state
+
+
+def check_tensors(tensors: dict[str, torch.Tensor], shapes: dict[str, torch.Size], file: Path) -> None:
+    """UserInputError naming `file` unless `tensors` has exactly the names of `shapes`, each with its shape."""
+    missing, extra = sorted(shapes.keys() - tensors.keys()), sorted(tensors.keys() - shapes.keys())
+    if missing or extra:
+        raise UserInputError(f"checkpoint {file} does not hold this run's trainable parameters: missing "
+                             f"{missing[:3]}, unexpected {extra[:3]}")
+    for name, shape in shapes.items():
+        if tensors[name].shape != shape:
+            raise UserInputError(f"checkpoint {file}: {name} has shape {tuple(tensors[name].shape)}, the run's model "
+                                 f"needs {tuple(shape)}")
 
 
 def flatten_optimizer_state(optim_state: dict) -> dict[str, torch.Tensor]:
@@ -463,8 +518,8 @@ def unflatten_optimizer_state(tensors: dict[str, torch.Tensor], names: list[str]
         state.setdefault(name, {})[part] = value
     if set(state) != set(names):
         missing, extra = sorted(set(names) - set(state)), sorted(set(state) - set(names))
-        raise ValueError(f"optimizer state does not match the trainable parameters: missing {missing[:3]}, "
-                         f"unexpected {extra[:3]}")
+        raise UserInputError(f"optimizer state does not match the trainable parameters: missing {missing[:3]}, "
+                             f"unexpected {extra[:3]}")
     return state
 
 
@@ -473,13 +528,15 @@ def check_resumable(saved: dict, cfg: TrainConfig, world: int) -> None:
     diff = [f"{f.name}: {getattr(old, f.name)!r} -> {getattr(cfg, f.name)!r}" for f in dataclasses.fields(cfg)
             if f.name not in RESUMABLE_CHANGES and getattr(old, f.name) != getattr(cfg, f.name)]
     if diff:
-        raise ValueError(f"cannot resume: the checkpoint was trained with another configuration ({'; '.join(diff)})")
+        raise UserInputError(f"cannot resume: the checkpoint was trained with another configuration "
+                             f"({'; '.join(diff)})")
     if saved["step"] > cfg.steps:
-        raise ValueError(f"cannot resume: the checkpoint is at step {saved['step']}, past steps = {cfg.steps}")
+        raise UserInputError(f"cannot resume: the checkpoint is at step {saved['step']}, past steps = {cfg.steps}")
     global_batch = cfg.batch_size * cfg.grad_accum * world
     if saved["global_batch"] != global_batch:
-        raise ValueError(f"cannot resume: the checkpoint's global batch is {saved['global_batch']}, this run's is "
-                         f"{global_batch} (batch_size {cfg.batch_size} x grad_accum {cfg.grad_accum} x world {world})")
+        raise UserInputError(f"cannot resume: the checkpoint's global batch is {saved['global_batch']}, this run's "
+                             f"is {global_batch} (batch_size {cfg.batch_size} x grad_accum {cfg.grad_accum} x world "
+                             f"{world})")
 
 
 # ------------------------------------------------------------------------------------------------------ the loop
@@ -505,10 +562,33 @@ def validation_loss(model, rows: torch.Tensor, batch_size: int, device, autocast
     return sum(losses) / len(rows)
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> dict:
-    """Run `cfg` (or continue it from out_dir/checkpoint with resume=True). Returns {"step", "loss", "metrics",
-    "out_dir", "checkpoint", "final", "adapter"}. Raises ValueError / FileNotFoundError on bad input and
-    TrainingDiverged on a NaN or infinite loss or gradient norm."""
+def check_out_dir(out_dir: str | Path, resume: bool = False, overwrite: bool = False) -> None:
+    """A fresh run never touches a directory that holds a run (RUN_FILES): UserInputError unless `resume` or
+    `overwrite` says what to do with it."""
+    if resume and overwrite:
+        raise UserInputError("resume and overwrite exclude each other: continue the run, or start it again")
+    held = [name for name in RUN_FILES if (Path(out_dir) / name).exists()]
+    if held and not (resume or overwrite):
+        raise UserInputError(f"{out_dir} already holds a run ({', '.join(held)}); pass --resume to continue it or "
+                             f"--overwrite to start again")
+
+
+def _remove_run(out_dir: Path) -> None:
+    """Delete what a run wrote into out_dir (RUN_FILES and half-written checkpoints), nothing else: overwrite=True."""
+    for path in [out_dir / name for name in RUN_FILES] + list(out_dir.glob(TMP_PREFIX + "*")):
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict:
+    """Run `cfg` (or continue it from out_dir/checkpoint with resume=True; overwrite=True starts again in a directory
+    that holds a run). Returns {"step", "loss", "metrics", "out_dir", "checkpoint", "final", "adapter"}. Raises
+    UserInputError / FileNotFoundError on bad input, before anything is written, and TrainingDiverged on a NaN or
+    infinite loss or gradient norm."""
+    if int(os.environ.get("RANK", "0")) == 0:  # rank 0 alone writes: a rank looking later could see its new files
+        check_out_dir(cfg.out_dir, resume, overwrite)
     device = _device_of(cfg)
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", device.index or 0)))
@@ -519,7 +599,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         created_group = True
     deterministic = torch.are_deterministic_algorithms_enabled()
     try:
-        return _train(cfg, resume, device)
+        return _train(cfg, resume, overwrite, device)
     finally:
         torch.use_deterministic_algorithms(deterministic)
         if created_group:
@@ -535,13 +615,16 @@ def _read_resume_state(cfg: TrainConfig, world: int) -> tuple[Path, dict, dict, 
         try:
             found = find_checkpoint(cfg.out_dir)
             if found is None:
-                raise FileNotFoundError(f"nothing to resume: no checkpoint in {Path(cfg.out_dir) / CHECKPOINT}")
+                raise FileNotFoundError(f"nothing to resume: no checkpoint in {Path(cfg.out_dir) / CHECKPOINT} "
+                                        f"(start the run again with --overwrite)")
             model_tensors, optim_tensors, state = read_checkpoint(found)
             check_resumable(state, cfg, world)
-            names = [name for name, p in _meta_model(cfg).named_parameters() if p.requires_grad]
-            if set(model_tensors) != set(names):
-                raise ValueError(f"checkpoint {found / MODEL_FILE} does not hold this run's trainable parameters")
-            tensors = (model_tensors, unflatten_optimizer_state(optim_tensors, names), state)
+            trainable = {name: p.shape for name, p in _meta_model(cfg).named_parameters() if p.requires_grad}
+            check_tensors(model_tensors, trainable, found / MODEL_FILE)
+            adamw = {f"{name}.{key}": shape for name, shape in trainable.items() for key in ("exp_avg", "exp_avg_sq")}
+            adamw.update({f"{name}.step": torch.Size() for name in trainable})
+            check_tensors(optim_tensors, adamw, found / OPTIMIZER_FILE)
+            tensors = (model_tensors, unflatten_optimizer_state(optim_tensors, list(trainable)), state)
         except (ValueError, OSError) as e:
             error = e
     if world > 1:
@@ -554,7 +637,7 @@ def _read_resume_state(cfg: TrainConfig, world: int) -> tuple[Path, dict, dict, 
     return (found, *tensors)
 
 
-def _train(cfg: TrainConfig, resume: bool, device: torch.device) -> dict:
+def _train(cfg: TrainConfig, resume: bool, overwrite: bool, device: torch.device) -> dict:
     rank, world = _rank(), _world()
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # the official command's --tf32
@@ -576,8 +659,8 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device) -> dict:
     optimizer = make_optimizer(model, cfg, device)
     params = optimizer.param_groups[0]["params"]
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(s, cfg.warmup_steps))
-    dataset = load_dataset(cfg)
-    val_rows = validation_rows(cfg)
+    dataset = load_dataset(cfg, model.config.vocab_size)
+    val_rows = validation_rows(cfg, model.config.vocab_size)
     global_batch = cfg.batch_size * cfg.grad_accum * world
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if precision == "bf16" \
         else contextlib.nullcontext
@@ -600,7 +683,9 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device) -> dict:
             torch.cuda.set_rng_state(_unb64(state["rng"]["cuda"]), device)
         start, metrics, seconds = state["step"], state["metrics"], state["seconds"]
 
-    if rank == 0:
+    if rank == 0:  # every check passed: the first write
+        if overwrite:
+            _remove_run(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         config = model.config
         run = {"train_config": cfg.to_dict(), "rope_scaling": config.rope_scaling, "max_seq_len": config.max_seq_len,
@@ -609,8 +694,6 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device) -> dict:
         # metrics.jsonl holds exactly the checkpoint's history: lines a killed run wrote after it are dropped
         atomic_write(out_dir / "metrics.jsonl", lambda tmp: tmp.write_text("".join(json.dumps(m) + "\n"
                                                                                    for m in metrics)))
-        for name in ("run.json", "metrics.jsonl"):
-            (out_dir / name).chmod(0o644)  # atomic_write's temporary file was private
         what = f"resuming at step {start} from {checkpoint}" if saved is not None else "starting"
         print(f"{what}: {cfg.base} -> {out_dir}, {cfg.method}, attention {cfg.attention}, seq_len {cfg.seq_len}, "
               f"RoPE scaling {config.rope_scaling}, {precision} on {device} x {world}, global batch {global_batch} "
@@ -642,9 +725,6 @@ def _train(cfg: TrainConfig, resume: bool, device: torch.device) -> dict:
             t0 = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
             rows = dataset.batch(step, global_batch)  # (global batch, seq_len): a function of (seed, step) alone
-            if int(rows.max()) >= model.config.vocab_size:
-                raise ValueError(f"token id {int(rows.max())} in batch {step} is outside the vocabulary "
-                                 f"({model.config.vocab_size}): data and base model use different tokenizers")
             loss_sum = torch.zeros((), device=device)
             for micro in range(cfg.grad_accum):
                 first = (rank * cfg.grad_accum + micro) * cfg.batch_size
@@ -755,8 +835,7 @@ def load_run(run_dir: str | Path) -> tuple[Llama, TrainConfig, dict]:
     model_tensors, _, state = read_checkpoint(checkpoint)
     cfg = TrainConfig.from_dict(state["config"])
     model = build_model(cfg)
-    expected = {name for name, p in model.named_parameters() if p.requires_grad}
-    if set(model_tensors) != expected:
-        raise ValueError(f"checkpoint {checkpoint / MODEL_FILE} does not hold the run's trainable parameters")
+    check_tensors(model_tensors, {name: p.shape for name, p in model.named_parameters() if p.requires_grad},
+                  checkpoint / MODEL_FILE)
     model.load_state_dict(model_tensors, strict=False)
     return model, cfg, state
