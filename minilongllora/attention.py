@@ -190,7 +190,7 @@ def _rolled(q, k, v, G: int, s: int) -> torch.Tensor:
 
 def _split(q, k, v, G: int) -> torch.Tensor:
     """Variant 2: groups [0, s), [s, 3s), …, [n − s, n): the middle in one SDPA call, the two half groups in another."""
-    s, n, b = G // 2, q.shape[2], q.shape[0]
+    s, n = G // 2, q.shape[2]
 
     def edges(t):  # (b, h, n, d) -> ((e b), h, s, d): the first and the last s tokens side by side in the batch
         return rearrange([t[:, :, :s], t[:, :, n - s:]], "e b h s d -> (e b) h s d")

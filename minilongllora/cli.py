@@ -196,7 +196,8 @@ def _eval_tokens(data: str, split: str, vocab_size: int):
     checked against the model's vocabulary."""
     import numpy as np
 
-    from .data import ByteTokenizer, check_token_ids, load_corpus, load_token_bin
+    from .data import ByteTokenizer, load_corpus, load_token_bin
+    from .errors import check_token_ids
 
     if data == "pystdlib":
         tok = ByteTokenizer()

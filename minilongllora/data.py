@@ -15,7 +15,6 @@ from __future__ import annotations
 import gzip
 import json
 import lzma
-import math
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -214,17 +213,6 @@ def write_token_bin(path: str | os.PathLike, tokens, dtype=np.uint16) -> Path:
 
     atomic_write(path, lambda tmp: tmp.write_bytes(arr.astype(dtype).tobytes()))
     return path
-
-
-def check_token_ids(tokens, vocab_size: int, source: str) -> None:
-    """UserInputError naming `source` unless every id in `tokens` (a tensor, numpy array or memmap) lies in
-    [0, vocab_size): an id past the embedding table means the data was made with another tokenizer."""
-    if math.prod(tokens.shape) == 0:
-        return
-    low, high = int(tokens.min()), int(tokens.max())
-    if low < 0 or high >= vocab_size:
-        raise UserInputError(f"{source} holds token id {low if low < 0 else high}, outside the model's vocabulary "
-                             f"[0, {vocab_size}): data and model use different tokenizers")
 
 
 # ---------------------------------------------------------------------------------------------------------- batches

@@ -27,3 +27,14 @@ def finite_float(value, name: str) -> float:
     if not math.isfinite(number):
         raise UserInputError(f"{name} must be a finite number, got {value!r}")
     return number
+
+
+def check_token_ids(tokens, vocab_size: int, source: str) -> None:
+    """UserInputError naming `source` unless every id in `tokens` (a tensor, numpy array or memmap) lies in
+    [0, vocab_size): an id past the embedding table means the data was made with another tokenizer."""
+    if math.prod(tokens.shape) == 0:
+        return
+    low, high = int(tokens.min()), int(tokens.max())
+    if low < 0 or high >= vocab_size:
+        raise UserInputError(f"{source} holds token id {low if low < 0 else high}, outside the model's vocabulary "
+                             f"[0, {vocab_size}): data and model use different tokenizers")

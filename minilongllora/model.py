@@ -24,8 +24,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .attention import attention_mask, attention_probs, causal_attention, sparse_attention
 from .config import LlamaConfig
-from .data import check_token_ids
-from .errors import UserInputError
+from .errors import UserInputError, check_token_ids
 from .rope import apply_rope, rope_cos_sin
 
 

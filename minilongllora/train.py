@@ -65,8 +65,8 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .config import ATTENTION_PATTERNS, PRESETS, S2_VARIANTS, LlamaConfig
-from .data import PackedDataset, check_token_ids, corpus_tokens, load_token_bin
-from .errors import UserInputError, finite_float
+from .data import PackedDataset, corpus_tokens, load_token_bin
+from .errors import UserInputError, check_token_ids, finite_float
 from .hf import atomic_write, file_mode, from_hf, to_hf
 from .lora import apply_lora, apply_lora_plus, format_parameter_report, merge_lora, save_peft_adapter
 from .model import Llama, lm_loss
