@@ -322,7 +322,8 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
     --quick checks the mechanics in seconds (2 steps, tiny evaluations, short contexts): OUT/NAME.quick.json."""
     from .reproduce import reproduce, result_path
 
-    reproduce(args.name, quick=args.quick, seeds=args.seeds, out=args.out, base=args.base, cache_dir=args.cache_dir)
+    reproduce(args.name, quick=args.quick, seeds=args.seeds, out=args.out, base=args.base, cache_dir=args.cache_dir,
+              precision=args.precision)
     print(f"results: {result_path(args.out, args.name, args.quick)}")
 
 
@@ -436,6 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", default=rep.DEFAULT_BASE, help=f"base HF directory (default {rep.DEFAULT_BASE})")
     p.add_argument("--cache-dir", default=rep.DEFAULT_CACHE, help=f"trained runs and their evaluations, reused "
                    f"across tables and invocations (default {rep.DEFAULT_CACHE})")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default=rep.PRECISION,
+                   help=f"training precision of every run (default {rep.PRECISION}: bf16 autocast)")
     return parser
 
 

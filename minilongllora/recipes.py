@@ -43,7 +43,7 @@ RECIPES: dict[str, TrainConfig] = {
     # took 26 min with OMP_NUM_THREADS=1 on a busy 2-core machine (validation perplexity 4.06 at 256 tokens)
     "pretrain-tiny": TrainConfig(
         base="tiny", out_dir="runs/pretrain-tiny", seq_len=256, steps=3000, batch_size=8, grad_accum=1, lr=1e-3,
-        warmup_steps=100, weight_decay=0.0, method="full", attention="full", precision="fp32",
+        warmup_steps=100, weight_decay=0.0, method="full", attention="full", precision="bf16",
         gradient_checkpointing=False, save_every=200, eval_every=200, eval_windows=16, log_every=100,
     ),
     # ~3 min of training on 2 CPU cores: 300 steps x 4 x 1024 tokens = 1.2M tokens, S2-Attn + LoRA+, PI x4. lr 5e-4:
@@ -53,7 +53,7 @@ RECIPES: dict[str, TrainConfig] = {
     "extend-tiny-4x": TrainConfig(
         base="data/tiny-base", out_dir="runs/extend-tiny-4x", seq_len=1024, steps=300, batch_size=4, grad_accum=1,
         lr=5e-4, warmup_steps=20, weight_decay=0.0, method="lora_plus", lora_r=8, lora_alpha=16.0,
-        attention="s2", s2_variant="split", group_size_ratio=0.25, rope_factor=4.0, precision="fp32",
+        attention="s2", s2_variant="split", group_size_ratio=0.25, rope_factor=4.0, precision="bf16",
         gradient_checkpointing=False, save_every=100, eval_every=100, eval_windows=8, log_every=50,
     ),
     "cuda-7b-8k": _cuda_7b(8192),

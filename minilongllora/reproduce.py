@@ -124,6 +124,7 @@ EXTENDED_PI = 1.5  # Figure 4's "extended PI": 32k -> 48k in the paper, the inte
 
 QUICK = dict(steps=2, tokens_per_step=1, warmup_steps=0, save_every=0, curve_every=1, curve_windows=1,
              ppl_windows=2, lq_documents=1, passkey_trials=1)
+PRECISION = "bf16"  # CPU bf16 autocast: about 2x fp32 here; README: the same conclusions as fp32 (figure5, main job)
 QUICK_UNIT = 64  # quick: contexts of 4 x 64 … 16 x 64 tokens whatever the base (PI by context / base context ≥ 1)
 MIN_PASSKEY_TOKENS = 256  # the passkey prompt without filler is ~240 byte tokens
 
@@ -145,11 +146,13 @@ class Plan:
     lq_documents: int = LQ_DOCUMENTS
     passkey_trials: int = PASSKEY_TRIALS
     unit: int = 0  # contexts are factor x unit: the base's context, or at most QUICK_UNIT tokens with quick
+    precision: str = PRECISION
 
     @classmethod
-    def make(cls, base: str, base_context: int, quick: bool = False) -> Plan:
+    def make(cls, base: str, base_context: int, quick: bool = False, precision: str = PRECISION) -> Plan:
         unit = min(base_context, QUICK_UNIT) if quick else base_context
-        return cls(base=base, base_context=base_context, quick=quick, unit=unit, **(QUICK if quick else {}))
+        return cls(base=base, base_context=base_context, quick=quick, unit=unit, precision=precision,
+                   **(QUICK if quick else {}))
 
     def context(self, factor: float) -> int:
         return int(round(factor * (self.unit or self.base_context)))
@@ -169,7 +172,7 @@ class Plan:
             weight_decay=0.0, warmup_steps=self.warmup_steps, betas=(0.9, 0.95), clip=1.0, seed=seed, method=method,
             lora_r=rank, lora_alpha=16.0, lora_dropout=0.0, train_embed=train_embed, train_norm=train_norm,
             attention=attention, s2_variant=variant, group_size_ratio=ratio,
-            rope_factor=max(1.0, context / self.base_context), gradient_checkpointing=False, precision="fp32",
+            rope_factor=max(1.0, context / self.base_context), gradient_checkpointing=False, precision=self.precision,
             data="pystdlib", save_every=self.save_every, eval_every=self.curve_every,
             eval_windows=self.curve_windows or max(1, CURVE_TOKENS // context), log_every=50, device="cpu")
 
@@ -177,7 +180,7 @@ class Plan:
         return {"steps": self.steps, "target_tokens_per_step": self.tokens_per_step,
                 "batch_size": "round(target_tokens_per_step / context) sequences, at least 1 (see per_context)",
                 "warmup_steps": self.warmup_steps, "schedule": "linear warmup, then constant",
-                "lr": dict(LR), "betas": [0.9, 0.95], "weight_decay": 0.0, "clip": 1.0, "precision": "fp32",
+                "lr": dict(LR), "betas": [0.9, 0.95], "weight_decay": 0.0, "clip": 1.0, "precision": self.precision,
                 "rope": "linear position interpolation by context / base context"}
 
     def evaluation(self) -> dict:
@@ -767,7 +770,7 @@ def command_line(name: str, quick: bool, seeds: int, out, base, cache_dir) -> st
 
 
 def reproduce(name: str, *, quick: bool = False, seeds: int = 1, out: str | Path = "notebooks/results",
-              base: str | None = None, cache_dir: str | Path | None = None) -> dict:
+              base: str | None = None, cache_dir: str | Path | None = None, precision: str = PRECISION) -> dict:
     """Run table or figure `name` (one of TABLES) and write OUT/NAME.json (OUT/NAME.quick.json with quick=True).
     Returns the written dict: name, quick, description, command, argv, git_commit, started, seconds, machine,
     settings (base, budget, evaluation, train_configs, runs), paper, rows, summary (and table1's starting_point: the
@@ -785,7 +788,7 @@ def reproduce(name: str, *, quick: bool = False, seeds: int = 1, out: str | Path
         if not (Path(base) / "config.json").is_file():
             raise FileNotFoundError(f"no base model at {base} (a Hugging Face directory; make it with `python -m "
                                     f"minilongllora pretrain` and `export runs/pretrain-tiny --out {base}`)")
-        plan = Plan.make(base, LlamaConfig.from_hf(base).max_seq_len, quick)
+        plan = Plan.make(base, LlamaConfig.from_hf(base).max_seq_len, quick, precision)
         runner = Runner(plan, cache_dir)
     print(f"reproduce {name}{' (quick)' if quick else ''}: {DESCRIPTIONS[name]}; base {base} "
           f"(context {plan.base_context}), seeds 0..{seeds - 1}", flush=True)

@@ -25,10 +25,12 @@ temporary sibling directory, fsynced, then swapped in by two renames (checkpoint
 checkpoint); a crash between them leaves checkpoint.old, which `find_checkpoint` then uses. So a kill at any instant
 leaves the old or the new checkpoint complete.
 
-Precision. fp32 on the CPU. On CUDA the default is bf16 autocast with fp32 master weights for everything that trains;
-with a LoRA method the FROZEN base weights are stored in bf16 (half the memory of a 7B base; for the linear layers the
-same numbers, since autocast casts their weights to bf16 anyway), while LoRA A/B and, with LoRA+, the embedding and the
-norms stay fp32. The final HF model is written in bf16 then, in fp32 otherwise.
+Precision. `precision="bf16"` is autocast with fp32 master weights for everything that trains: the default on CUDA,
+and what the CPU-small recipes use on a CPU with native bf16 (AVX-512 BF16 / AMX: about 2x the tokens/s of fp32,
+benchmarks/bench_speed.py); `None` means fp32 on the CPU. On CUDA with a LoRA method the FROZEN base weights are
+stored in bf16 (half the memory of a 7B base; for the linear layers the same numbers, since autocast casts their
+weights to bf16 anyway), while LoRA A/B and, with LoRA+, the embedding and the norms stay fp32, and the final HF model
+is written in bf16. On the CPU every weight stays fp32 and so does the final model.
 
 Distributed. Under `torchrun` (WORLD_SIZE > 1) the process group is nccl on CUDA and gloo on CPU; every block and
 the root are sharded with FSDP2 `fully_shard`; rank r takes rows [(r·accum + j)·b, (r·accum + j + 1)·b) of the global
@@ -227,7 +229,15 @@ def _device_of(cfg: TrainConfig) -> torch.device:
 
 
 def _precision(cfg: TrainConfig, device: torch.device) -> str:
-    return cfg.precision or ("bf16" if device.type == "cuda" else "fp32")
+    precision = cfg.precision or ("bf16" if device.type == "cuda" else "fp32")
+    if precision == "bf16" and device.type == "cpu" and not _native_cpu_bf16():
+        print("warning: this CPU has no native bf16 (AVX-512 BF16 or AMX): bf16 autocast may be slower than fp32; "
+              "pass --precision fp32", file=sys.stderr)
+    return precision
+
+
+def _native_cpu_bf16() -> bool:
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
 def _rank() -> int:
@@ -598,10 +608,12 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         created_group = True
     deterministic = torch.are_deterministic_algorithms_enabled()
+    fill = torch.utils.deterministic.fill_uninitialized_memory
     try:
         return _train(cfg, resume, overwrite, device)
     finally:
         torch.use_deterministic_algorithms(deterministic)
+        torch.utils.deterministic.fill_uninitialized_memory = fill
         if created_group:
             dist.destroy_process_group()
 
@@ -644,13 +656,18 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, device: torch.device
         torch.backends.cudnn.allow_tf32 = True
     else:  # bit-exact resume on the CPU; warn_only: an op without a deterministic kernel warns, never fails
         torch.use_deterministic_algorithms(True, warn_only=True)
+        # not the NaN-filling of every new tensor that comes with it: a debugging aid that costs ~20% of a bf16 step
+        torch.utils.deterministic.fill_uninitialized_memory = False
     precision = _precision(cfg, device)
     out_dir = Path(cfg.out_dir)
     saved = _read_resume_state(cfg, world) if resume else None  # before anything is written
     checkpoint = saved[0] if saved is not None else None
 
     seed_everything(cfg.seed)
-    model = build_model(cfg, device="cpu" if world > 1 else device, precision=precision)
+    # the frozen weights (and the exported model) in bf16 on CUDA only, where the memory matters; on the CPU they stay
+    # fp32 (autocast casts them per forward: the same numbers) and final/ keeps the base's exact weights
+    weights = precision if device.type == "cuda" else "fp32"
+    model = build_model(cfg, device="cpu" if world > 1 else device, precision=weights)
     model.gradient_checkpointing = (device.type == "cuda") if cfg.gradient_checkpointing is None \
         else cfg.gradient_checkpointing
     names = [name for name, p in model.named_parameters() if p.requires_grad]
@@ -783,7 +800,7 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, device: torch.device
 
     full = get_model_state_dict(model, options=_state_options())  # every weight, gathered to rank 0
     if rank == 0:
-        result.update(export_outputs(cfg, full, out_dir, precision))
+        result.update(export_outputs(cfg, full, out_dir, weights))
     if world > 1:
         dist.barrier()
     return result
