@@ -244,8 +244,13 @@ def cmd_passkey(args: argparse.Namespace) -> None:
         tokenizer = ByteTokenizer()
     else:
         tokenizer = load_hf_tokenizer(args.path)
+    filler = None
+    if args.format == "code":
+        from .data import load_corpus
+        filler = load_corpus(args.split)
     rows = passkey_accuracy(model, tokenizer, args.lengths, trials=args.trials, seed=args.seed,
-                            check_context=not args.extrapolate, progress=args.progress)
+                            check_context=not args.extrapolate, progress=args.progress, format=args.format,
+                            filler_docs=filler)
     if args.plot:
         plot_passkey({args.label or Path(args.path).name: rows}, args.plot)
     if args.json:
@@ -398,6 +403,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tokenizer", default=None, help="HF tokenizer directory (default: bytes for vocab 256)")
+    p.add_argument("--format", choices=("paper", "code"), default="paper",
+                   help="paper: Figure 4's English prompt; code: a key line, real code, `assert KEY == ` (passkey.py)")
+    p.add_argument("--split", choices=("validation", "test"), default="validation",
+                   help="pystdlib split whose code is the filler of --format code")
 
     p = command("merge", cmd_merge)
     p.add_argument("--base", required=True, help="base Hugging Face directory")

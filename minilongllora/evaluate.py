@@ -310,9 +310,13 @@ def _greedy(model, ids: torch.Tensor, max_new_tokens: int, check_context: bool) 
     return ids[0, -max_new_tokens:].tolist()
 
 
+PASSKEY_FORMATS = ("paper", "code")
+
+
 @torch.no_grad()
 def passkey_accuracy(model, tokenizer, lengths: Sequence[int], trials: int = 10, *, seed: int = 0,
-                     check_context: bool = True, progress: bool = True) -> list[dict]:
+                     check_context: bool = True, progress: bool = True, format: str = "paper",
+                     filler_docs: Sequence[str] | None = None) -> list[dict]:
     """Passkey retrieval accuracy at each target prompt length in TOKENS (Figure 4, official `passkey_retrivial.py`).
 
     For each length, `trials` prompts with seeds seed … seed + trials − 1 (official: 10 trials, seeds 0 … 9), each
@@ -320,18 +324,31 @@ def passkey_accuracy(model, tokenizer, lengths: Sequence[int], trials: int = 10,
     // 1024 · 1024) characters, a ratio tuned to Llama's tokenizer); greedy decoding of exactly len(answer tokens)
     tokens; correct iff they equal the answer tokens. The prompt is at most `target` tokens; decoding adds the answer's
     few tokens on top (keep target + ~6 within the model's context, or pass check_context=False to let a model
-    without RoPE scaling extrapolate, as Figure 4's Llama2 curve does). Returns one row per length: {"length": mean
-    prompt length in tokens, "target", "accuracy" (fraction in [0, 1]), "trials"}."""
+    without RoPE scaling extrapolate, as Figure 4's Llama2 curve does). `format="code"` uses the code prompt of
+    `passkey.py` instead (key line, filler of real code from `filler_docs`, default the pystdlib validation split,
+    and `assert KEY == `). Returns one row per length: {"length": mean prompt length in tokens, "target",
+    "accuracy" (fraction in [0, 1]), "trials"}."""
+    from . import passkey
+
     if trials < 1:
         raise UserInputError(f"trials must be ≥ 1, got {trials}")
-    sample = _filler(4000)
-    chars_per_token = len(sample) / len(encode_text(tokenizer, sample))  # estimated once
+    if format not in PASSKEY_FORMATS:
+        raise UserInputError(f"passkey format must be one of {PASSKEY_FORMATS}, got {format!r}")
+    if format == "code":
+        if filler_docs is None:
+            from .data import load_corpus
+            filler_docs = load_corpus("validation")
+        fit = lambda target, s: passkey.fit_code_passkey_prompt(tokenizer, list(filler_docs), target, s)  # noqa: E731
+    else:
+        sample = _filler(4000)
+        chars_per_token = len(sample) / len(encode_text(tokenizer, sample))  # estimated once
+        fit = lambda target, s: fit_passkey_prompt(tokenizer, target, s, chars_per_token)  # noqa: E731
     device, rows = _device(model), []
     with _EvalMode(model), tqdm(total=len(lengths) * trials, desc="passkey", disable=not progress) as bar:
         for target in lengths:
             correct, total_tokens = 0, 0
             for trial in range(trials):
-                ids, answer = fit_passkey_prompt(tokenizer, target, seed + trial, chars_per_token)
+                ids, answer = fit(target, seed + trial)
                 generated = _greedy(model, torch.tensor([ids], device=device), len(answer), check_context)
                 correct += generated == answer
                 total_tokens += len(ids)

@@ -67,7 +67,8 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .config import ATTENTION_PATTERNS, PRESETS, S2_VARIANTS, LlamaConfig
-from .data import PackedDataset, corpus_tokens, load_token_bin
+from . import passkey
+from .data import PackedDataset, corpus_tokens, load_corpus, load_token_bin, pack
 from .errors import UserInputError, check_token_ids, finite_float
 from .hf import atomic_write, file_mode, from_hf, to_hf
 from .lora import apply_lora, apply_lora_plus, format_parameter_report, merge_lora, save_peft_adapter
@@ -76,6 +77,7 @@ from .rope import interpolation_factor
 
 METHODS = ("full", "lora", "lora_plus")
 PRECISIONS = ("fp32", "bf16")
+LR_SCHEDULES = ("constant", "cosine")
 CHECKPOINT, CHECKPOINT_OLD, TMP_PREFIX = "checkpoint", "checkpoint.old", ".checkpoint.tmp-"
 MODEL_FILE, OPTIMIZER_FILE, STATE_FILE = "model.safetensors", "optimizer.safetensors", "state.json"
 # fields that may change between a run and its resume; batch_size / grad_accum may too, if the global batch stays
@@ -84,7 +86,7 @@ RESUMABLE_CHANGES = {"out_dir", "steps", "save_every", "eval_every", "eval_windo
 STATE_TYPES = {"step": int, "config": dict, "files": dict, "scheduler": dict, "rng": dict, "metrics": list,
                "seconds": (int, float), "global_batch": int}  # what resuming reads from state.json
 RUN_FILES = ("run.json", "metrics.jsonl", CHECKPOINT, CHECKPOINT_OLD, "adapter", "final")  # what a run writes
-FLOAT_FIELDS = ("lr", "weight_decay", "clip", "lora_alpha", "lora_dropout", "group_size_ratio", "rope_factor")
+FLOAT_FIELDS = ("lr", "min_lr_ratio", "passkey_share", "weight_decay", "clip", "lora_alpha", "lora_dropout", "group_size_ratio", "rope_factor")
 
 
 class TrainingDiverged(RuntimeError):
@@ -101,7 +103,9 @@ class TrainConfig:
     grad_accum: int = 1  # micro-batches per optimizer step; global batch = batch_size · grad_accum · world size
     lr: float = 2e-5  # peak learning rate (paper: 2e-5 for 7B/13B)
     weight_decay: float = 0.0  # AdamW decoupled weight decay, on every trainable parameter (paper: 0)
-    warmup_steps: int = 20  # linear warmup, then constant (paper: 20)
+    warmup_steps: int = 20  # linear warmup, then constant (paper: 20) or cosine (lr_schedule)
+    lr_schedule: str = "constant"  # constant (the paper's fine-tuning) | cosine (decay to min_lr_ratio · lr: pretraining)
+    min_lr_ratio: float = 0.1  # cosine: the last step's lr / peak lr (Llama 2 pretraining: 0.1)
     betas: tuple[float, float] = (0.9, 0.95)  # AdamW (paper: 0.9, 0.95; the official code runs HF's 0.999)
     clip: float = 1.0  # max global gradient norm; 0 = no clipping (the norm is still logged)
     seed: int = 0  # model init, LoRA init, data order
@@ -118,6 +122,7 @@ class TrainConfig:
     gradient_checkpointing: bool | None = None  # None = on with CUDA, off on the CPU
     precision: str | None = None  # fp32 | bf16 (autocast); None = bf16 on CUDA, fp32 on the CPU
     data: str = "pystdlib"  # "pystdlib" (the shipped corpus, byte tokens) or a token .bin file (uint16)
+    passkey_share: float = 0.0  # pystdlib only: this fraction of the training tokens are code-passkey documents
     eval_data: str | None = None  # validation tokens (.bin); None = pystdlib's validation split if data is pystdlib
     save_every: int = 0  # checkpoint every N steps (0 = only at the end)
     eval_every: int = 0  # validation perplexity every N steps (0 = never)
@@ -153,6 +158,15 @@ class TrainConfig:
         if max(self.lr / (1 - self.betas[0]), self.lr * self.weight_decay) > torch.finfo(torch.float32).max:
             raise UserInputError(f"TrainConfig.lr {self.lr:g} is too large: AdamW's step lr / (1 - beta1) or "
                                  f"lr * weight_decay overflows float32")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise UserInputError(f"TrainConfig.lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise UserInputError(f"TrainConfig.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
+        if not 0 <= self.passkey_share < 1:
+            raise UserInputError(f"TrainConfig.passkey_share must be in [0, 1), got {self.passkey_share!r}")
+        if self.passkey_share and self.data != "pystdlib":
+            raise UserInputError("TrainConfig.passkey_share mixes code-passkey documents into the pystdlib corpus; "
+                                 f"it cannot apply to data = {self.data!r}")
         if not self.clip >= 0:
             raise UserInputError(f"TrainConfig.clip must be >= 0 (0 = no clipping), got {self.clip!r}")
         if self.method not in METHODS:
@@ -197,13 +211,19 @@ class TrainConfig:
 
 
 # ---------------------------------------------------------------------------------------------------- small helpers
-def lr_lambda(step: int, warmup_steps: int) -> float:
-    """LR multiplier at optimizer step `step` (0-based): step / warmup during warmup, then 1. This is transformers'
-    `get_constant_schedule_with_warmup`, the official `constant_with_warmup`, so step 0 runs at lr 0 (it only fills
-    AdamW's moments) and step `warmup_steps` is the first at the full rate."""
+def lr_lambda(step: int, warmup_steps: int, schedule: str = "constant", total_steps: int | None = None,
+              min_ratio: float = 0.1) -> float:
+    """LR multiplier at optimizer step `step` (0-based): step / warmup during warmup, then 1 ("constant": transformers'
+    `get_constant_schedule_with_warmup`, the official `constant_with_warmup`) or a half cosine from 1 down to
+    `min_ratio` at step `total_steps` ("cosine": transformers' `get_cosine_with_min_lr_schedule_with_warmup` with
+    min_lr_rate = min_ratio; Llama 2's pretraining decays to 10%). Step 0 runs at lr 0 (it only fills AdamW's moments)
+    and step `warmup_steps` is the first at the full rate."""
     if step < warmup_steps:
         return step / warmup_steps
-    return 1.0
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def seed_everything(seed: int) -> None:
@@ -393,7 +413,14 @@ class _TokenFileRows(PackedDataset):
 
 def load_dataset(cfg: TrainConfig, vocab_size: int | None = None) -> PackedDataset:
     """The training rows; with `vocab_size`, every token id of the data is checked against it first."""
-    if cfg.data == "pystdlib":
+    if cfg.data == "pystdlib" and cfg.passkey_share:  # + code-passkey documents (passkey.py), a share of all tokens
+        docs = load_corpus("train")
+        n_real = sum(len(d.encode()) for d in docs)
+        extra = passkey.training_documents(docs, round(n_real * cfg.passkey_share / (1 - cfg.passkey_share)),
+                                           cfg.seq_len, seed=cfg.seed)
+        dataset = PackedDataset(pack(docs + extra, cfg.seq_len), seed=cfg.seed)
+        tokens = dataset.tokens
+    elif cfg.data == "pystdlib":
         dataset = PackedDataset(corpus_tokens("train", cfg.seq_len), seed=cfg.seed)
         tokens = dataset.tokens
     elif not Path(cfg.data).is_file():
@@ -542,6 +569,9 @@ def check_resumable(saved: dict, cfg: TrainConfig, world: int) -> None:
                              f"({'; '.join(diff)})")
     if saved["step"] > cfg.steps:
         raise UserInputError(f"cannot resume: the checkpoint is at step {saved['step']}, past steps = {cfg.steps}")
+    if cfg.lr_schedule == "cosine" and old.steps != cfg.steps:  # the decay is spread over `steps`
+        raise UserInputError(f"cannot resume: a cosine schedule decays over steps = {old.steps}; this run asks for "
+                             f"{cfg.steps}")
     global_batch = cfg.batch_size * cfg.grad_accum * world
     if saved["global_batch"] != global_batch:
         raise UserInputError(f"cannot resume: the checkpoint's global batch is {saved['global_batch']}, this run's "
@@ -675,7 +705,8 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, device: torch.device
         model = _shard(model, device)
     optimizer = make_optimizer(model, cfg, device)
     params = optimizer.param_groups[0]["params"]
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(s, cfg.warmup_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(s, cfg.warmup_steps, cfg.lr_schedule,
+                                                                                cfg.steps, cfg.min_lr_ratio))
     dataset = load_dataset(cfg, model.config.vocab_size)
     val_rows = validation_rows(cfg, model.config.vocab_size)
     global_batch = cfg.batch_size * cfg.grad_accum * world
