@@ -375,6 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="override the recipe's steps")
     p.add_argument("--out-dir", default=None, help="override the recipe's run directory")
     p.add_argument("--base", default=None, help="override the recipe's base model directory")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default=None,
+                   help="override the recipe's training precision (bf16: CPU bf16 autocast, the recipe's default)")
     p.add_argument("--resume", action="store_true", help="continue the run in OUT_DIR (then evaluate as usual)")
     p.add_argument("--overwrite", action="store_true", help="start again in an OUT_DIR that holds a run")
 
