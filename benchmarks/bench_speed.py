@@ -38,6 +38,9 @@ from minilongllora.flops import flops_breakdown  # noqa: E402
 from minilongllora.recipes import get_recipe  # noqa: E402
 
 RECIPES = {"pretrain-tiny": "pretrain", "extend-tiny-4x": "extend"}
+# the step's shape as the baseline commit's recipes had it, so every variant runs the same batches (pretrain-tiny
+# now trains on 16 x 256 with 2% passkey documents: a different batch, not a different speed question)
+SHAPE = {"pretrain-tiny": {"batch_size": 8, "passkey_share": 0.0}, "extend-tiny-4x": {}}
 BASELINE = "3f5f2cd"  # the last commit before bf16 autocast by default and the step's overheads removed
 WARMUP = 3
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "speed_cpu.json"
@@ -65,7 +68,7 @@ def bare_steps(recipe: str, precision: str, steps: int) -> list[float]:
     from minilongllora.model import lm_loss
     from minilongllora.train import build_model, load_dataset, make_optimizer
 
-    cfg = get_recipe(recipe, precision=precision)
+    cfg = get_recipe(recipe, precision=precision, **SHAPE[recipe])
     model = build_model(cfg, precision="fp32").train()  # the CPU trainer keeps every weight in fp32
     optimizer = make_optimizer(model, cfg)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -100,7 +103,11 @@ def run_variant(variant: str, recipe: str, steps: int, threads: int, baseline_di
             cmd = [sys.executable, "-m", "minilongllora", RECIPES[recipe], "--recipe", recipe, "--steps", str(steps),
                    "--precision", precision, "--out-dir", f"{tmp}/run", "--eval-every", "0", "--save-every", "0",
                    "--log-every", str(steps)]
-            subprocess.run(cmd, env=env, cwd=baseline_dir or ROOT, capture_output=True, text=True, check=True)
+            if kind != "baseline":
+                cmd += [a for k, v in SHAPE[recipe].items() for a in (f"--{k.replace('_', '-')}", str(v))]
+            done = subprocess.run(cmd, env=env, cwd=baseline_dir if kind == "baseline" else ROOT, capture_output=True, text=True)
+            if done.returncode:
+                raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
             rates = [json.loads(line)["tok_per_s"] for line in open(f"{tmp}/run/metrics.jsonl")]
     return statistics.median(rates[WARMUP:])
 
@@ -117,7 +124,7 @@ def model_flops_per_token(recipe: str) -> float:
     """Training FLOPs per token: 3 x the forward pass (flops.py counts it as the paper's Table 11 does)."""
     from minilongllora.trainconfig import resolve_model_config
 
-    cfg = get_recipe(recipe)
+    cfg = get_recipe(recipe, **SHAPE[recipe])
     config, _ = resolve_model_config(cfg)
     f = flops_breakdown(config, cfg.seq_len, group_size_ratio=cfg.group_size_ratio)
     total = f["total_full"] if cfg.attention == "full" else f["total_s2"]

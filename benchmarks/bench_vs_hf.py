@@ -75,6 +75,8 @@ from bench_attention import (  # noqa: E402
     write_results,
 )
 
+from bench_speed import matmul_peak  # noqa: E402
+
 from minilongllora import from_hf, to_hf  # noqa: E402
 from minilongllora.lora import LoRALinear, apply_lora_plus  # noqa: E402
 from minilongllora.model import Llama, lm_loss  # noqa: E402
@@ -202,7 +204,7 @@ def memory_worker(spec: dict) -> None:
 
 # the benchmark ------------------------------------------------------------------------------------------------------
 def bench_preset(preset: str, sizes: list[int], repeats: int, bf16: bool, cap: float, tol: float, memory: bool,
-                 root: Path) -> dict:
+                 root: Path, peak_gflops: float) -> dict:
     rows, skipped, guard, weights = [], [], SizeGuard(cap), None
     for i, n in enumerate(sorted(sizes)):
         cfg = step_config(preset, n, "full")
@@ -240,6 +242,10 @@ def bench_preset(preset: str, sizes: list[int], repeats: int, bf16: bool, cap: f
         row.update({f"{impl}_tokens_per_s": n / row[f"{impl}_s"] for impl in IMPLS})
         row.update({f"{impl}_vs_hf": row[f"{impl}_tokens_per_s"] / row["hf_tokens_per_s"] for impl in IMPLS[1:]})
         row["train_tflops_full"] = flops["train_tflops_full"]
+        # model FLOPs utilization: 3 x forward FLOPs (S2-Attn's for ours_s2) per second over the bf16 matmul peak
+        model_tflops = {"hf": flops["train_tflops_full"], "ours_full": flops["train_tflops_full"],
+                        "ours_s2": flops["train_tflops_s2"]}
+        row.update({f"{impl}_mfu": model_tflops[impl] * 1e3 / row[f"{impl}_s"] / peak_gflops for impl in IMPLS})
         rows.append(row)
         guard.record(n, flops["train_tflops_full"], max(row[f"{impl}_s"] for impl in IMPLS))
         print(f"# {preset} timed n={n}: " + ", ".join(f"{impl} {row[impl + '_s']:.3f} s" for impl in IMPLS) +
@@ -255,14 +261,15 @@ def bench_preset(preset: str, sizes: list[int], repeats: int, bf16: bool, cap: f
 
 
 HEADER = (f"{'n':>6} {'hf tok/s':>9} {'full tok/s':>10} {'S2 tok/s':>9} {'full/hf':>8} {'S2/hf':>7} "
-          f"{'hf MB':>7} {'full MB':>8} {'S2 MB':>7} {'loss diff':>9}")
+          f"{'hf MB':>7} {'full MB':>8} {'S2 MB':>7} {'loss diff':>9} {'hf MFU':>7} {'full MFU':>8}")
 
 
 def format_row(r: dict) -> str:
     mb = lambda key, w: f"{r[key]:>{w}.0f}" if key in r else f"{'-':>{w}}"  # noqa: E731
     return (f"{r['n']:>6} {r['hf_tokens_per_s']:>9.0f} {r['ours_full_tokens_per_s']:>10.0f} "
             f"{r['ours_s2_tokens_per_s']:>9.0f} {r['ours_full_vs_hf']:>7.2f}x {r['ours_s2_vs_hf']:>6.2f}x "
-            f"{mb('hf_mb', 7)} {mb('ours_full_mb', 8)} {mb('ours_s2_mb', 7)} {r['loss_abs_diff']:>9.1e}")
+            f"{mb('hf_mb', 7)} {mb('ours_full_mb', 8)} {mb('ours_s2_mb', 7)} {r['loss_abs_diff']:>9.1e} "
+            f"{100 * r['hf_mfu']:>6.1f}% {100 * r['ours_full_mfu']:>7.1f}%")
 
 
 def main(argv=None) -> None:
@@ -300,11 +307,15 @@ def main(argv=None) -> None:
           f"({machine['torch_threads']} threads), transformers {transformers.__version__}, peft {peft.__version__}; "
           f"LoRA+ step, {'bf16 autocast' if args.bf16 else 'fp32'}, median of {args.repeats}")
     machine["busy_warning"] = warn_if_busy(machine["torch_threads"])
+    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    machine["matmul_peak_gflops"] = peaks
+    print(f"# matrix-product peak: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s (MFU is over "
+          f"the bf16 peak)")
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench_vs_hf_") as tmp:
         for preset in args.models:
             results[preset] = bench_preset(preset, args.sizes, args.repeats, args.bf16, args.max_seconds_per_step,
-                                           args.loss_tol, not args.no_memory, Path(tmp))
+                                           args.loss_tol, not args.no_memory, Path(tmp), peaks["bf16"])
             cfg = step_config(preset, 1, "full")
             results[preset]["config"] = {"dim": cfg.dim, "n_layers": cfg.n_layers, "n_heads": cfg.n_heads,
                                          "ffn_dim": cfg.ffn_dim, "vocab_size": cfg.vocab_size,

@@ -187,6 +187,9 @@ def check_resumable(saved: dict, cfg: TrainConfig, world: int) -> None:
                              f"({'; '.join(diff)})")
     if saved["step"] > cfg.steps:
         raise UserInputError(f"cannot resume: the checkpoint is at step {saved['step']}, past steps = {cfg.steps}")
+    if cfg.lr_schedule == "cosine" and old.steps != cfg.steps:  # the decay is spread over `steps`
+        raise UserInputError(f"cannot resume: a cosine schedule decays over steps = {old.steps}; this run asks for "
+                             f"{cfg.steps}")
     global_batch = cfg.batch_size * cfg.grad_accum * world
     if saved["global_batch"] != global_batch:
         raise UserInputError(f"cannot resume: the checkpoint's global batch is {saved['global_batch']}, this run's "

@@ -158,6 +158,10 @@ def _add_model_commands(command) -> None:
     p.add_argument("--trials", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tokenizer", default=None, help="HF tokenizer directory (default: bytes for vocab 256)")
+    p.add_argument("--format", choices=("paper", "code"), default="paper",
+                   help="paper: Figure 4's English prompt; code: a key line, real code, `assert KEY == ` (passkey.py)")
+    p.add_argument("--split", choices=("validation", "test"), default="validation",
+                   help="pystdlib split whose code is the filler of --format code")
 
     p = command("merge", cmd_merge)
     p.add_argument("--base", required=True, help="base Hugging Face directory")

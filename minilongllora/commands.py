@@ -166,7 +166,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
 def cmd_passkey(args: argparse.Namespace) -> None:
     """Passkey retrieval accuracy (Figure 4) of a model at each --lengths (prompt tokens), optionally plotted."""
     from .data import ByteTokenizer, load_hf_tokenizer
-    from .evaluate import passkey_accuracy, plot_passkey
+    from .evaluate import plot_passkey
+    from .passkey import passkey_accuracy
 
     model = _load_model(args.path, args.rope_factor)
     _check_lengths(model, args.lengths, args.extrapolate)
@@ -176,8 +177,13 @@ def cmd_passkey(args: argparse.Namespace) -> None:
         tokenizer = ByteTokenizer()
     else:
         tokenizer = load_hf_tokenizer(args.path)
+    filler = None
+    if args.format == "code":
+        from .data import load_corpus
+        filler = load_corpus(args.split)
     rows = passkey_accuracy(model, tokenizer, args.lengths, trials=args.trials, seed=args.seed,
-                            check_context=not args.extrapolate, progress=args.progress)
+                            check_context=not args.extrapolate, progress=args.progress, format=args.format,
+                            filler_docs=filler)
     if args.plot:
         plot_passkey({args.label or Path(args.path).name: rows}, args.plot)
     if args.json:

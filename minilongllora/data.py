@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import passkey
 from .errors import UserInputError, check_token_ids
 from .files import atomic_write
 
@@ -279,10 +280,18 @@ class TokenFileRows(PackedDataset):
         return torch.from_numpy(np.stack(rows))
 
 
-def training_rows(data: str, seq_len: int, seed: int, vocab_size: int | None = None) -> PackedDataset:
-    """The training rows of `data` ("pystdlib" or a token .bin file); with `vocab_size`, every token id of the data
-    is checked against it first."""
-    if data == "pystdlib":
+def training_rows(data: str, seq_len: int, seed: int, vocab_size: int | None = None,
+                  passkey_share: float = 0.0) -> PackedDataset:
+    """The training rows of `data` ("pystdlib" or a token .bin file), pystdlib with `passkey_share` of its tokens in
+    code-passkey documents (passkey.py); with `vocab_size`, every token id of the data is checked against it first."""
+    if data == "pystdlib" and passkey_share:
+        docs = load_corpus("train")
+        n_real = sum(len(d.encode()) for d in docs)
+        extra = passkey.training_documents(docs, round(n_real * passkey_share / (1 - passkey_share)), seq_len,
+                                           seed=seed)
+        dataset = PackedDataset(pack(docs + extra, seq_len), seed=seed)
+        tokens = dataset.tokens
+    elif data == "pystdlib":
         dataset = PackedDataset(corpus_tokens("train", seq_len), seed=seed)
         tokens = dataset.tokens
     elif not Path(data).is_file():

@@ -62,13 +62,19 @@ class TrainingDiverged(RuntimeError):
 
 
 # ---------------------------------------------------------------------------------------------------- small helpers
-def lr_lambda(step: int, warmup_steps: int) -> float:
-    """LR multiplier at optimizer step `step` (0-based): step / warmup during warmup, then 1. This is transformers'
-    `get_constant_schedule_with_warmup`, the official `constant_with_warmup`, so step 0 runs at lr 0 (it only fills
-    AdamW's moments) and step `warmup_steps` is the first at the full rate."""
+def lr_lambda(step: int, warmup_steps: int, schedule: str = "constant", total_steps: int | None = None,
+              min_ratio: float = 0.1) -> float:
+    """LR multiplier at optimizer step `step` (0-based): step / warmup during warmup, then 1 ("constant": transformers'
+    `get_constant_schedule_with_warmup`, the official `constant_with_warmup`) or a half cosine from 1 down to
+    `min_ratio` at step `total_steps` ("cosine": transformers' `get_cosine_with_min_lr_schedule_with_warmup` with
+    min_lr_rate = min_ratio; Llama 2's pretraining decays to 10%). Step 0 runs at lr 0 (it only fills AdamW's moments)
+    and step `warmup_steps` is the first at the full rate."""
     if step < warmup_steps:
         return step / warmup_steps
-    return 1.0
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def seed_everything(seed: int) -> None:
@@ -112,8 +118,9 @@ def make_optimizer(model, cfg: TrainConfig, device: torch.device | str = "cpu") 
 
 
 def load_dataset(cfg: TrainConfig, vocab_size: int | None = None):
-    """The training rows of `cfg`; with `vocab_size`, every token id of the data is checked against it first."""
-    return training_rows(cfg.data, cfg.seq_len, cfg.seed, vocab_size)
+    """The training rows of `cfg` (with its share of code-passkey documents); with `vocab_size`, every token id of the
+    data is checked against it first."""
+    return training_rows(cfg.data, cfg.seq_len, cfg.seed, vocab_size, passkey_share=cfg.passkey_share)
 
 
 def validation_rows(cfg: TrainConfig, vocab_size: int | None = None) -> torch.Tensor | None:
@@ -259,7 +266,8 @@ def _model_and_optimizer(cfg: TrainConfig, device: torch.device, weights: str):
     if distributed.world() > 1:
         model = distributed.shard(model, device)
     optimizer = make_optimizer(model, cfg, device)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(s, cfg.warmup_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_lambda(s, cfg.warmup_steps, cfg.lr_schedule, cfg.steps, cfg.min_lr_ratio))
     return model, optimizer, scheduler
 
 

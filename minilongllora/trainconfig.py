@@ -26,7 +26,9 @@ from .rope import interpolation_factor, linear_scaling
 
 METHODS = ("full", "lora", "lora_plus")
 PRECISIONS = ("fp32", "bf16")
-FLOAT_FIELDS = ("lr", "weight_decay", "clip", "lora_alpha", "lora_dropout", "group_size_ratio", "rope_factor")
+LR_SCHEDULES = ("constant", "cosine")
+FLOAT_FIELDS = ("lr", "min_lr_ratio", "passkey_share", "weight_decay", "clip", "lora_alpha", "lora_dropout",
+                "group_size_ratio", "rope_factor")
 
 
 def _opt(default, help: str, **kw):
@@ -45,7 +47,10 @@ class TrainConfig:
     grad_accum: int = _opt(1, "micro-batches per optimizer step; global batch = batch_size · grad_accum · world size")
     lr: float = _opt(2e-5, "peak learning rate (paper: 2e-5 for 7B/13B)")
     weight_decay: float = _opt(0.0, "AdamW decoupled weight decay, on every trainable parameter (paper: 0)")
-    warmup_steps: int = _opt(20, "linear warmup, then constant (paper: 20)")
+    warmup_steps: int = _opt(20, "linear warmup, then constant (paper: 20) or cosine (lr_schedule)")
+    lr_schedule: str = _opt("constant", "constant (the paper's fine-tuning) | cosine (decay to min_lr_ratio · lr: "
+                                        "pretraining)")
+    min_lr_ratio: float = _opt(0.1, "cosine: the last step's lr / peak lr (Llama 2 pretraining: 0.1)")
     betas: tuple[float, float] = _opt((0.9, 0.95), "AdamW (paper: 0.9, 0.95; the official code runs HF's 0.999)")
     clip: float = _opt(1.0, "max global gradient norm; 0 = no clipping (the norm is still logged)")
     seed: int = _opt(0, "model init, LoRA init, data order")
@@ -62,6 +67,8 @@ class TrainConfig:
     gradient_checkpointing: bool | None = _opt(None, "None = on with CUDA, off on the CPU")
     precision: str | None = _opt(None, "fp32 | bf16 (autocast); None = bf16 on CUDA, fp32 on the CPU")
     data: str = _opt("pystdlib", "\"pystdlib\" (the shipped corpus, byte tokens) or a token .bin file (uint16)")
+    passkey_share: float = _opt(0.0, "pystdlib only: this fraction of the training tokens are code-passkey "
+                                         "documents")
     eval_data: str | None = _opt(None, "validation tokens (.bin); None = pystdlib's validation split if data is "
                                        "pystdlib")
     save_every: int = _opt(0, "checkpoint every N steps (0 = only at the end)")
@@ -88,6 +95,7 @@ class TrainConfig:
         if max(self.lr / (1 - self.betas[0]), self.lr * self.weight_decay) > torch.finfo(torch.float32).max:
             raise UserInputError(f"TrainConfig.lr {self.lr:g} is too large: AdamW's step lr / (1 - beta1) or "
                                  f"lr * weight_decay overflows float32")
+        self._check_schedule_and_data()
         if not self.clip >= 0:
             raise UserInputError(f"TrainConfig.clip must be >= 0 (0 = no clipping), got {self.clip!r}")
         if self.method not in METHODS:
@@ -121,6 +129,17 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise UserInputError(f"TrainConfig.{name} must be a non-negative integer, got {value!r}")
+
+    def _check_schedule_and_data(self) -> None:
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise UserInputError(f"TrainConfig.lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise UserInputError(f"TrainConfig.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
+        if not 0 <= self.passkey_share < 1:
+            raise UserInputError(f"TrainConfig.passkey_share must be in [0, 1), got {self.passkey_share!r}")
+        if self.passkey_share and self.data != "pystdlib":
+            raise UserInputError("TrainConfig.passkey_share mixes code-passkey documents into the pystdlib corpus; "
+                                 f"it cannot apply to data = {self.data!r}")
 
     def _check_groups(self) -> None:
         """The groups of the training pattern must tile seq_len (the official code raises on a remainder too,

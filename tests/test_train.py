@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 import minilongllora.train as T
 from minilongllora import Llama, LlamaConfig, to_hf
+from minilongllora.errors import UserInputError
 import minilongllora.checkpoint as C
 from minilongllora.checkpoint import find_checkpoint, read_checkpoint
 from minilongllora.train import TrainConfig, TrainingDiverged, build_model, lr_lambda, make_optimizer, train
@@ -291,7 +292,7 @@ def test_fsdp2_two_processes_match_one(tmp_path, base_dir, method):
     then resumed to 4) give the loss curve and the weights of 1 process x batch 4, to float tolerance."""
     if method == "full":
         args = ["pretrain", "--base", "tiny", "--model-overrides", *[f"{k}={v}" for k, v in TINY.items()],
-                "--seq-len", "64"]
+                "--seq-len", "64", "--lr-schedule", "constant", "--weight-decay", "0", "--passkey-share", "0"]
         cfg = full_cfg(tmp_path / "one", steps=4, batch_size=4, save_every=2)
     else:
         args = ["extend", "--base", str(base_dir), "--seq-len", "128", "--method", "lora_plus", "--attention", "s2"]
@@ -347,3 +348,20 @@ def test_only_patterns_that_split_the_heads_need_a_divisible_head_count():
     with pytest.raises(ValueError, match="divisible by 4"):
         build_model(TrainConfig(base="tiny", seq_len=64, attention="block_sparse",
                                 model_overrides=dict(overrides, n_heads=6, n_kv_heads=6)))
+
+
+def test_cosine_schedule_equals_transformers_and_resumes_only_with_the_same_steps(tmp_path):
+    from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    hf = get_cosine_with_min_lr_schedule_with_warmup(opt, num_warmup_steps=3, num_training_steps=20, min_lr_rate=0.1)
+    ours = [lr_lambda(s, 3, "cosine", 20, 0.1) for s in range(20)]
+    assert ours == pytest.approx([hf.lr_lambdas[0](s) for s in range(20)], abs=1e-12)
+    assert ours[:4] == [0.0, 1 / 3, 2 / 3, 1.0] and ours[-1] > 0.1 and lr_lambda(20, 3, "cosine", 20, 0.1) == 0.1
+    assert all(a >= b for a, b in zip(ours[3:], ours[4:]))  # decays monotonically after the warmup
+    result = train(full_cfg(tmp_path / "run", steps=6, warmup_steps=2, lr=1e-3, lr_schedule="cosine",
+                            min_lr_ratio=0.2, save_every=3))
+    assert [m["lr"] for m in result["metrics"]] == [1e-3 * lr_lambda(s, 2, "cosine", 6, 0.2) for s in range(6)]
+    with pytest.raises(UserInputError, match="cosine schedule decays over steps = 6"):
+        train(full_cfg(tmp_path / "run", steps=8, warmup_steps=2, lr=1e-3, lr_schedule="cosine", min_lr_ratio=0.2,
+                       save_every=3), resume=True)

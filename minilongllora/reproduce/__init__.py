@@ -41,28 +41,29 @@ table8's split and Figure 5's full FT, table6's s2 is Figure 5's LoRA+, table2's
 Figure 4's model is table2's LoRA+). Every run: 4096 tokens per step (4 x 1024, 2 x 2048, 1 x 4096, 3 x 1536),
 STEPS = 250 optimizer steps (1.0M tokens, 1/7 epoch of the train split; PILOT.md's 0.6M at lr 2e-4 did not recover
 the base's own-context quality, so this is 1.7x the tokens at 5x the rate), AdamW β = (0.9, 0.95), weight decay 0,
-20 warmup steps then constant, clip 1.0, fp32. Learning rate 1e-3 for every method, full fine-tuning, LoRA and LoRA+
-alike, as the paper uses one rate (2e-5) for all: the base's pretraining rate, constant to its end, so fine-tuning
-continues at the rate the base finished with (the `extend-tiny-4x` recipe uses 5e-4: see recipes.py for why; table1_lr
-repeats Table 1 at 4x with 1e-4, 2.5e-4 and 5e-4). Seeds 0 … N−1 (`--seeds N`, default 1) change the data order and the
+20 warmup steps then constant, clip 1.0, bf16 autocast (`PRECISION`; `--precision fp32` for fp32). Learning rate
+1e-3 for every method, full fine-tuning, LoRA and LoRA+ alike, as the paper uses one rate (2e-5) for all: the base's
+pretraining rate, constant to its end, so fine-tuning continues at the rate the base finished with (the
+`extend-tiny-4x` recipe uses 5e-4: see recipes.py for why; table1_lr repeats Table 1 at 4x with 1e-4, 2.5e-4 and
+5e-4). Seeds 0 … N−1 (`--seeds N`, default 1) change the data order and the
 LoRA initialisation; each seed is its own row, `summary` gives mean and std over seeds.
 
-Estimated full-run times, 1 seed, 2 quiet cores (train + evaluation; the model from measured tokens/s: 8,000 tok/s
-at 1024 with S2 + LoRA+, 7,000 at 256 with full FT, see `cost.py`). "alone" starts from an empty cache;
-"in order" runs the tables in the order listed, each reusing the runs of the ones before:
+Estimated full-run times, 1 seed, 2 quiet cores, bf16 (train + evaluation; the model from measured fp32 tokens/s:
+8,000 tok/s at 1024 with S2 + LoRA+, 7,000 at 256 with full FT, divided by BF16_SPEEDUP; see `cost.py`). "alone"
+starts from an empty cache; "in order" runs the tables in the order listed, each reusing the runs of the ones before:
 
     table          alone   in order   runs (new in order)
-    table1          37 min   37 min     9 (9)
-    table1_lr       38 min   29 min     12 (9)
-    table1_window   10 min    1 min     3 (0)
-    table8          15 min    9 min     5 (3)
-    figure5          5 min    2 min     2 (1)
-    table6          18 min   16 min     7 (6)
-    table2          30 min   25 min     8 (7)
-    figure4          6 min    3 min     1 (0)
-    table7          18 min   18 min     5 (5)
+    table1          20 min   20 min     9 (9)
+    table1_lr       19 min   15 min     12 (9)
+    table1_window    5 min    1 min     3 (0)
+    table8           8 min    4 min     5 (3)
+    figure5          3 min    1 min     2 (1)
+    table6          10 min    8 min     7 (6)
+    table2          17 min   15 min     8 (7)
+    figure4          5 min    3 min     1 (0)
+    table7           9 min    9 min     5 (5)
     table11          0 min    0 min     0 (0)
-    all                   ~ 2 h 21 min  (40 runs of 1.0M tokens; N seeds: about N times as long)
+    all                   ~ 1 h 16 min  (40 runs of 1.0M tokens; N seeds: about N times as long)
 
 `--quick` runs every table with 2 steps of 1 sequence at contexts of 4 x 64 … 16 x 64 tokens (PI by context / L
 where that is above 1), 2 evaluation windows, 1 document, 1 passkey trial at 2 lengths: the mechanics in seconds

@@ -19,11 +19,13 @@ TRAIN_US_PER_SPAN = 0.053  # per token per token of span
 OTHER_PATTERNS = 1.12  # s2_layers, shift_all, dilated, block_sparse, stride_sparse: slower than s2 by ~12%
 FORWARD_US, FORWARD_US_PER_SPAN = 48.0, 0.017  # inference (evaluation) forward pass
 RUN_OVERHEAD_S = 5.0  # data packing, model building, checkpoints, HF export
+BF16_SPEEDUP = 2.2  # training tok/s, bf16 autocast over fp32 (benchmarks/results/speed_cpu.json: 2.2x and 2.5x)
 
 
 def train_us_per_token(cfg: TrainConfig) -> float:
     span = cfg.seq_len if cfg.attention == "full" else group_of(cfg)
     us = TRAIN_US[cfg.method] + TRAIN_US_PER_SPAN * span
+    us /= BF16_SPEEDUP if cfg.precision == "bf16" else 1.0
     return us * (OTHER_PATTERNS if cfg.attention not in ("full", "s2", "short") else 1.0)
 
 

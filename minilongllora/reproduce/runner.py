@@ -173,7 +173,7 @@ class Runner:
 
     def passkey(self, source, lengths: list[int], trials: int, rope_factor: float) -> list[dict]:
         from ..data import ByteTokenizer
-        from ..evaluate import passkey_accuracy
+        from ..passkey import passkey_accuracy
 
         spec = {"kind": "passkey", "lengths": list(lengths), "trials": trials, "rope_factor": rope_factor}
         return self._cached(source, spec, lambda: passkey_accuracy(
