@@ -9,6 +9,7 @@ cached beside it (evals.json), keyed by their settings.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -16,9 +17,15 @@ import shutil
 import time
 from pathlib import Path
 
+from ..checkpoint import find_checkpoint
+from ..data import ByteTokenizer, corpus_documents
+from ..evaluate import perplexity, position_loss
 from ..files import write_json
+from ..hf import from_hf
+from ..passkey import passkey_accuracy
 from ..rope import linear_scaling
-from ..trainconfig import TrainConfig
+from ..train import train, validation_loss, validation_rows
+from ..trainconfig import TrainConfig, meta_model
 from .plan import LOSS_BINS, STRIDE, Plan
 from .record import jsonable, window_ppl
 
@@ -68,8 +75,6 @@ class Runner:
     """Trains (or reuses) runs and evaluates models, caching both under `cache_dir`."""
 
     def __init__(self, plan: Plan, cache_dir: str | Path):
-        from ..data import corpus_documents
-
         self.plan, self.cache = plan, Path(cache_dir)
         self.fingerprint = _sha({"base": base_fingerprint(plan.base), "code": code_fingerprint()})
         self.docs = corpus_documents("validation")
@@ -77,9 +82,6 @@ class Runner:
 
     # training ------------------------------------------------------------------------------------------------
     def train(self, cfg: TrainConfig) -> dict:
-        from ..checkpoint import find_checkpoint
-        from ..train import train
-
         key = run_key(cfg, self.fingerprint)
         out = self.cache / key
         cfg = cfg.replace(out_dir=str(out))
@@ -107,8 +109,6 @@ class Runner:
                 "dir": str(out)}
 
     def trainable(self, cfg: TrainConfig) -> int:
-        from ..trainconfig import meta_model
-
         return sum(p.numel() for p in meta_model(cfg).parameters() if p.requires_grad)
 
     # evaluation ----------------------------------------------------------------------------------------------
@@ -123,8 +123,6 @@ class Runner:
         return cache[key]
 
     def _model(self, source, attention: str = "full", rope_factor: float | None = None):
-        from ..hf import from_hf
-
         overrides = {} if rope_factor is None else {"rope_scaling": linear_scaling(rope_factor)}
         if source == "base":
             return from_hf(self.plan.base, **overrides).eval()
@@ -138,8 +136,6 @@ class Runner:
 
     def ppl(self, run, n: int, attention: str = "full", rope_factor: float | None = None) -> dict:
         """Sliding-window perplexity of a run (or of "base", with linear PI by `rope_factor` where given)."""
-        from ..evaluate import perplexity
-
         spec = {"kind": "ppl", "n": n, "stride": min(STRIDE, n), "windows": self.plan.ppl_windows,
                 "attention": attention, **({} if rope_factor is None else {"rope_factor": rope_factor})}
 
@@ -152,8 +148,6 @@ class Runner:
 
     def last_quarter(self, run, n: int, attention: str = "full", rope_factor: float | None = None) -> dict:
         """exp of the mean loss at the last quarter of window positions, the loss of each quarter and of each 16th."""
-        from ..evaluate import position_loss
-
         spec = {"kind": "last_quarter", "n": n, "documents": self.plan.lq_documents, "attention": attention,
                 "bins": LOSS_BINS, **({} if rope_factor is None else {"rope_factor": rope_factor})}
 
@@ -172,9 +166,6 @@ class Runner:
         return self._cached(run, spec, compute)
 
     def passkey(self, source, lengths: list[int], trials: int, rope_factor: float) -> list[dict]:
-        from ..data import ByteTokenizer
-        from ..passkey import passkey_accuracy
-
         spec = {"kind": "passkey", "lengths": list(lengths), "trials": trials, "rope_factor": rope_factor}
         return self._cached(source, spec, lambda: passkey_accuracy(
             self._model(source, rope_factor=rope_factor), ByteTokenizer(), lengths, trials=trials,
@@ -183,10 +174,6 @@ class Runner:
     def window_ppl_at_start(self, cfg: TrainConfig) -> float:
         """The trainer's validation (whole-window) perplexity of the base with the run's interpolation, before any
         step."""
-        import contextlib
-
-        from ..train import validation_loss, validation_rows
-
         spec = {"kind": "val_start", "n": cfg.seq_len, "windows": cfg.eval_windows, "rope_factor": cfg.rope_factor}
 
         def compute():
