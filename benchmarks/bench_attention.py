@@ -79,7 +79,7 @@ from minilongllora.config import LlamaConfig  # noqa: E402
 from minilongllora.flops import flops_breakdown  # noqa: E402
 from minilongllora.lora import apply_lora_plus, trainable_parameters  # noqa: E402
 from minilongllora.model import Llama, lm_loss  # noqa: E402
-from minilongllora.rope import interpolation_factor  # noqa: E402
+from minilongllora.rope import interpolation_factor, linear_scaling  # noqa: E402
 
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "attention_cpu.json"
 IMPLS = {
@@ -245,8 +245,8 @@ def step_config(preset: str, n: int, attention: str) -> LlamaConfig:
     """The preset with RoPE linearly interpolated to n tokens (LongLoRA's recipe) and the given training attention."""
     base = LlamaConfig.from_preset(preset)
     factor = interpolation_factor(n, base.max_seq_len)
-    scaling = {"rope_type": "linear", "factor": float(factor)} if factor > 1 else None
-    return base.replace(rope_scaling=scaling, attention=attention, s2_variant="split", group_size_ratio=0.25)
+    return base.replace(rope_scaling=linear_scaling(factor), attention=attention, s2_variant="split",
+                        group_size_ratio=0.25)
 
 
 def autocast_context(bf16: bool):

@@ -122,7 +122,7 @@ def export_baseline(ref: str, into: Path) -> Path:
 
 def model_flops_per_token(recipe: str) -> float:
     """Training FLOPs per token: 3 x the forward pass (flops.py counts it as the paper's Table 11 does)."""
-    from minilongllora.train import resolve_model_config
+    from minilongllora.trainconfig import resolve_model_config
 
     cfg = get_recipe(recipe, **SHAPE[recipe])
     config, _ = resolve_model_config(cfg)

@@ -31,16 +31,19 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from minilongllora.data import ByteTokenizer, corpus_tokens, load_corpus  # noqa: E402
-from minilongllora.evaluate import passkey_accuracy, plot_position_loss, position_loss  # noqa: E402
+from minilongllora.evaluate import plot_position_loss, position_loss  # noqa: E402
 from minilongllora.hf import from_hf  # noqa: E402
+from minilongllora.passkey import passkey_accuracy  # noqa: E402
 
 CONTEXT = 256
 TRIALS = 100
 
 
 def validation_curve(metrics: list[dict]) -> list[dict]:
-    """(step, val_loss) of every evaluation in metrics.jsonl."""
-    return [{"step": m["step"], "val_loss": m["val_loss"]} for m in metrics if "val_loss" in m]
+    """(step, val_loss) of every evaluation in metrics.jsonl: the trainer's whole-window validation loss,
+    `val_window_loss` (`val_loss` in runs made before its rename)."""
+    return [{"step": m["step"], "val_loss": m.get("val_window_loss", m.get("val_loss"))} for m in metrics
+            if "val_window_loss" in m or "val_loss" in m]
 
 
 def convergence(curve: list[dict], steps: int) -> dict:
@@ -117,7 +120,7 @@ def main(argv=None) -> None:
                                                          "weight_decay", "betas", "passkey_share")},
         "train_seconds": metrics[-1].get("seconds"), "final_train_loss": metrics[-1]["loss"],
         "convergence": convergence(curve, steps),
-        "val_curve": [{**c, "val_ppl": round(math.exp(c["val_loss"]), 4)} for c in curve],
+        "val_curve": [{**c, "val_window_ppl": round(math.exp(c["val_loss"]), 4)} for c in curve],
         "train_loss_every_100": [(m["step"], round(m["loss"], 4)) for m in metrics if m["step"] % 100 == 0],
         "position_loss": {"windows": "every whole 256-token window of the validation split",
                           "first_sixteenth": loss[:sixteenth].mean().item(),

@@ -18,10 +18,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .attention import PATTERNS as ATTENTION_PATTERNS
-from .attention import S2_VARIANTS
+from .attention import S2_VARIANTS, group_size
 from .errors import UserInputError, finite_float
+from .patterns import PATTERNS as ATTENTION_PATTERNS
 from .rope import effective_context, normalize_rope_scaling
+
+
+def check_attention_settings(owner: str, attention: str, s2_variant: str, group_size_ratio: float) -> None:
+    """UserInputError naming `owner` (LlamaConfig, TrainConfig) unless the LongLoRA attention fields are valid."""
+    if attention not in ATTENTION_PATTERNS:
+        raise UserInputError(f"{owner}.attention must be one of {ATTENTION_PATTERNS}, got {attention!r}")
+    if s2_variant not in S2_VARIANTS:
+        raise UserInputError(f"{owner}.s2_variant must be one of {S2_VARIANTS}, got {s2_variant!r}")
+    if not 0 < group_size_ratio <= 1:
+        raise UserInputError(f"{owner}.group_size_ratio must be in (0, 1], got {group_size_ratio!r}")
 
 
 @dataclass
@@ -69,14 +79,9 @@ class LlamaConfig:
             self.rope_scaling = normalize_rope_scaling(self.rope_scaling)
         except ValueError as e:
             raise UserInputError(f"LlamaConfig.rope_scaling: {e}") from None
-        if self.attention not in ATTENTION_PATTERNS:
-            raise UserInputError(f"LlamaConfig.attention must be one of {ATTENTION_PATTERNS}, got {self.attention!r}")
-        if self.s2_variant not in S2_VARIANTS:
-            raise UserInputError(f"LlamaConfig.s2_variant must be one of {S2_VARIANTS}, got {self.s2_variant!r}")
+        check_attention_settings("LlamaConfig", self.attention, self.s2_variant, self.group_size_ratio)
         if self.eval_attention not in ("full", "train"):
             raise UserInputError(f"LlamaConfig.eval_attention must be 'full' or 'train', got {self.eval_attention!r}")
-        if not 0 < self.group_size_ratio <= 1:
-            raise UserInputError(f"LlamaConfig.group_size_ratio must be in (0, 1], got {self.group_size_ratio!r}")
 
     # derived sizes ------------------------------------------------------------------------------------------------
     @property
@@ -89,10 +94,9 @@ class LlamaConfig:
         return effective_context(self.max_seq_len, self.rope_scaling)
 
     def group_size(self, seq_len: int) -> int:
-        """S2-Attn group size for a training sequence of `seq_len` tokens: int(seq_len * ratio) as the official code,
-        rounded down to an even number (half a group is shifted). The attention raises if it does not divide seq_len."""
-        group = int(seq_len * self.group_size_ratio)
-        return max(2, group - group % 2)
+        """S2-Attn group size for a training sequence of `seq_len` tokens (`attention.group_size`). The attention
+        raises if it does not divide seq_len."""
+        return group_size(seq_len, self.group_size_ratio)
 
     # presets ------------------------------------------------------------------------------------------------------
     @classmethod

@@ -22,7 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import UserInputError
+from . import passkey
+from .errors import UserInputError, check_token_ids
+from .files import atomic_write
 
 CORPUS_ROOT = Path(__file__).resolve().parent.parent / "data" / "pystdlib"
 REBUILD = "python data/build_corpus.py"
@@ -112,6 +114,12 @@ def load_corpus(split: str, root: str | os.PathLike | None = None) -> list[str]:
     return docs
 
 
+def corpus_documents(split: str = "validation") -> list[torch.Tensor]:
+    """A split of the shipped corpus as byte-token documents, each a 1-D LongTensor (each evaluated on its own)."""
+    tok = ByteTokenizer()
+    return [torch.from_numpy(tok.encode_array(doc).astype(np.int64)) for doc in load_corpus(split)]
+
+
 # ---------------------------------------------------------------------------------------------------------- packing
 def pack_tokens(tokens, seq_len: int) -> torch.Tensor:
     """A flat 1-D token array (numpy, memmap, list or tensor) cut into rows: LongTensor (len // seq_len, seq_len).
@@ -188,11 +196,6 @@ class TokenFile:
         """Non-overlapping rows (num, seq_len), tail dropped (see `pack_tokens`)."""
         return pack_tokens(self.tokens, seq_len)
 
-    def eval_starts(self, seq_len: int, sliding_window: int = 256) -> list[int]:
-        """Window starts as the official `eval.py` `get_as_batch`: every `sliding_window` tokens, last one dropped."""
-        starts = list(range(0, len(self) - seq_len, sliding_window))
-        return starts[:-1]
-
 
 def load_token_bin(path: str | os.PathLike, dtype=np.uint16) -> TokenFile:
     """Open a token .bin (see TokenFile); clear errors for a missing, empty or truncated file."""
@@ -209,8 +212,6 @@ def write_token_bin(path: str | os.PathLike, tokens, dtype=np.uint16) -> Path:
     if arr.min() < info.min or arr.max() > info.max:
         raise UserInputError(f"token ids span [{arr.min()}, {arr.max()}], outside {dtype.name} [{info.min}, "
                              f"{info.max}]")
-    from .hf import atomic_write  # imported here: hf imports the model, which imports this module
-
     atomic_write(path, lambda tmp: tmp.write_bytes(arr.astype(dtype).tobytes()))
     return path
 
@@ -255,9 +256,67 @@ class PackedDataset:
         """LongTensor (batch_size, seq_len)."""
         return self.tokens[self.indices(step, batch_size)]
 
-    def epoch_of(self, step: int, batch_size: int) -> int:
-        """The epoch of the first sample of batch `step`."""
-        return step * batch_size // len(self)
 
-    def steps_per_epoch(self, batch_size: int) -> float:
-        return len(self) / batch_size
+class TokenFileRows(PackedDataset):
+    """PackedDataset's batches (same permutations, same `batch(step, batch_size)`) read lazily from a memory-mapped
+    token file, so a billion-token RedPajama .bin is never copied into RAM (PackedDataset holds a tensor)."""
+
+    def __init__(self, path: str, seq_len: int, seed: int):
+        self.file, self._seq_len, self.seed, self._perms = load_token_bin(path), seq_len, int(seed), {}
+        self.rows = len(self.file) // seq_len
+        if self.rows == 0:
+            raise UserInputError(f"{path} holds {len(self.file)} tokens, fewer than one sequence of {seq_len}")
+
+    def __len__(self) -> int:
+        return self.rows
+
+    @property
+    def seq_len(self) -> int:
+        return self._seq_len
+
+    def batch(self, step: int, batch_size: int) -> torch.Tensor:
+        n = self._seq_len
+        rows = [np.asarray(self.file.tokens[i * n:(i + 1) * n], dtype=np.int64) for i in self.indices(step, batch_size)]
+        return torch.from_numpy(np.stack(rows))
+
+
+def training_rows(data: str, seq_len: int, seed: int, vocab_size: int | None = None,
+                  passkey_share: float = 0.0) -> PackedDataset:
+    """The training rows of `data` ("pystdlib" or a token .bin file), pystdlib with `passkey_share` of its tokens in
+    code-passkey documents (passkey.py); with `vocab_size`, every token id of the data is checked against it first."""
+    if data == "pystdlib" and passkey_share:
+        docs = load_corpus("train")
+        n_real = sum(len(d.encode()) for d in docs)
+        extra = passkey.training_documents(docs, round(n_real * passkey_share / (1 - passkey_share)), seq_len,
+                                           seed=seed)
+        dataset = PackedDataset(pack(docs + extra, seq_len), seed=seed)
+        tokens = dataset.tokens
+    elif data == "pystdlib":
+        dataset = PackedDataset(corpus_tokens("train", seq_len), seed=seed)
+        tokens = dataset.tokens
+    elif not Path(data).is_file():
+        raise FileNotFoundError(f"data {data!r} is neither 'pystdlib' nor a token .bin file")
+    else:
+        dataset = TokenFileRows(data, seq_len, seed)
+        tokens = dataset.file.tokens
+    if vocab_size is not None:
+        check_token_ids(tokens, vocab_size, f"data {data}")
+    return dataset
+
+
+def validation_windows(eval_data: str | None, seq_len: int, windows: int, vocab_size: int | None = None,
+                       source: str = "pystdlib") -> torch.Tensor:
+    """The first `windows` windows of seq_len tokens of the validation data: the token .bin `eval_data`, or
+    pystdlib's validation split if it is None; with `vocab_size`, their token ids are checked against it. `source`
+    names the data in that message."""
+    if eval_data is not None:
+        tokens = load_token_bin(eval_data).tokens
+        n = min(windows, len(tokens) // seq_len)
+        if n == 0:
+            raise UserInputError(f"eval_data {eval_data} holds fewer than seq_len = {seq_len} tokens")
+        rows = torch.from_numpy(np.asarray(tokens[:n * seq_len], dtype=np.int64)).view(n, seq_len)
+    else:
+        rows = corpus_tokens("validation", seq_len)[:windows]
+    if vocab_size is not None:
+        check_token_ids(rows, vocab_size, f"validation data {eval_data or source}")
+    return rows

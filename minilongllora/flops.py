@@ -15,6 +15,7 @@ so S2-Attn divides the attention term by n / G = 4 and leaves every other term u
 
 from __future__ import annotations
 
+from .attention import group_size
 from .config import LlamaConfig
 from .errors import UserInputError
 
@@ -28,7 +29,7 @@ def flops_breakdown(config: LlamaConfig, context: int, group_size_ratio: float |
     ratio = config.group_size_ratio if group_size_ratio is None else group_size_ratio
     n, L, dim, ffn = context, config.n_layers, config.dim, config.ffn_dim
     kv_dim = config.n_kv_heads * config.head_dim
-    group = max(1, int(n * ratio))
+    group = group_size(n, ratio)
     attn_full = L * 4 * n * n * dim  # h · d_head = dim
     attn_s2 = L * 4 * n * group * dim
     proj = L * 2 * n * dim * (dim + 2 * kv_dim + dim)  # q, k, v (GQA-sized), o

@@ -3,15 +3,12 @@
 Our parameter names are Hugging Face's minus the leading `model.` (see model.py), and RoPE uses HF's rotate-half
 convention, so loading is a rename, never a permutation. Weights are read and written only as safetensors: a
 `pytorch_model.bin` is a pickle, and unpickling an untrusted file can run arbitrary code, so we refuse it.
-Files are written atomically (a temporary file in the same directory, then `os.replace`), so a crash never leaves a
-half-written checkpoint behind a valid name; they get the mode a plain `open()` would give them (`file_mode`).
+Files are written by `files.atomic_write`, so a crash never leaves a half-written checkpoint behind a valid name.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -20,6 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from .config import LlamaConfig, read_json
 from .errors import UserInputError
+from .files import atomic_write
 from .model import Llama
 
 WEIGHTS_NAME = "model.safetensors"
@@ -27,8 +25,9 @@ INDEX_NAME = "model.safetensors.index.json"
 
 
 def hf_key(name: str) -> str:
-    """Our parameter name → Hugging Face's (`layers.0.mlp.up_proj.weight` → `model.layers.0.mlp.up_proj.weight`)."""
-    return name if name.startswith("lm_head.") else f"model.{name}"
+    """Our parameter or module name → Hugging Face's (`layers.0.mlp.up_proj.weight` →
+    `model.layers.0.mlp.up_proj.weight`; `lm_head` and `lm_head.weight` unchanged)."""
+    return name if name.split(".")[0] == "lm_head" else f"model.{name}"
 
 
 def our_key(key: str) -> str:
@@ -36,7 +35,7 @@ def our_key(key: str) -> str:
     return key.removeprefix("model.")
 
 
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError) as e:
@@ -47,7 +46,7 @@ def load_hf_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """All tensors of a HF checkpoint directory (single file or sharded index), keyed by HF names."""
     path = Path(path)
     if (path / WEIGHTS_NAME).is_file():
-        return _read_safetensors(path / WEIGHTS_NAME)
+        return read_safetensors(path / WEIGHTS_NAME)
     if (path / INDEX_NAME).is_file():
         index = read_json(path / INDEX_NAME)
         weight_map = index.get("weight_map") if isinstance(index, dict) else None
@@ -58,7 +57,7 @@ def load_hf_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         for shard in shards:
             if not (path / shard).is_file():
                 raise FileNotFoundError(f"{path / INDEX_NAME} names shard {shard}, which is missing")
-            state.update(_read_safetensors(path / shard))
+            state.update(read_safetensors(path / shard))
         return state
     if any(path.glob("*.bin")) or any(path.glob("*.pt")):
         raise UserInputError(f"{path} holds only pickled weights (.bin/.pt); minilongllora loads safetensors only, "
@@ -98,28 +97,6 @@ def from_hf(path: str | Path, dtype: torch.dtype | None = None, device: str | to
     if config.tie_embeddings:
         model.lm_head.weight = model.embed_tokens.weight
     return model
-
-
-def file_mode(directory: bool = False) -> int:
-    """The mode a plain `open()` (`mkdir`) gives a new file (directory): 0o666 (0o777) minus the process's umask.
-    Temporary files (mkstemp's, safetensors' own) are private, 0o600; outputs get this mode before their rename."""
-    umask = os.umask(0)  # the only way to read the umask is to set it: put it back at once
-    os.umask(umask)
-    return (0o777 if directory else 0o666) & ~umask
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call write(tmp_path), then rename tmp_path → path: readers see the old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def to_hf(model: Llama, path: str | Path, dtype: torch.dtype | None = None) -> Path:

@@ -14,26 +14,18 @@ split, full attention, as the paper evaluates (§4.1).
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from .config import PRESETS
-from .data import ByteTokenizer, load_corpus
+from .data import corpus_documents
 from .errors import UserInputError
 from .evaluate import perplexity, plot_perplexity, plot_position_loss, position_loss
+from .files import write_json
 from .hf import from_hf
 from .recipes import RECIPES, get_recipe
 from .train import check_out_dir, train
-
-
-def validation_documents(split: str = "validation") -> list[torch.Tensor]:
-    """The shipped corpus split as byte-token documents (each windowed on its own)."""
-    tok = ByteTokenizer()
-    return [torch.from_numpy(tok.encode_array(doc).astype(np.int64)) for doc in load_corpus(split)]
+from .trainconfig import resolve_model_config
 
 
 def evaluate_lengths(model, docs, lengths, *, max_windows: int, stride: int = 256) -> dict[int, float]:
@@ -57,10 +49,11 @@ def run_context_extension(recipe: str = "extend-tiny-4x", *, max_windows: int = 
     started = time.time()
     base = from_hf(cfg.base).eval()
     short = base.config.max_seq_len
-    factor = cfg.rope_factor or cfg.seq_len / short
+    scaling = resolve_model_config(cfg)[0].rope_scaling  # the run's own RoPE: the trainer's factor rule
+    factor = scaling["factor"] if scaling else 1.0
     lengths = sorted({short, 2 * short, cfg.seq_len} if cfg.seq_len >= 2 * short else {short, cfg.seq_len})
-    docs = validation_documents()
-    interpolated = from_hf(cfg.base, rope_scaling={"rope_type": "linear", "factor": float(factor)}).eval()
+    docs = corpus_documents("validation")
+    interpolated = from_hf(cfg.base, rope_scaling=scaling).eval()
     print(f"LongLoRA context extension: {cfg.base} (context {short}) -> {cfg.seq_len} tokens "
           f"(position interpolation x{factor:g}, attention {cfg.attention}/{cfg.s2_variant}, method {cfg.method})")
     rows = {"base": evaluate_lengths(base, docs, lengths, max_windows=max_windows),
@@ -69,7 +62,18 @@ def run_context_extension(recipe: str = "extend-tiny-4x", *, max_windows: int = 
     result = train(cfg, resume=resume, overwrite=overwrite)
     extended = from_hf(result["final"]).eval()
     rows["LongLoRA (S2-Attn + LoRA+ + PI)"] = evaluate_lengths(extended, docs, lengths, max_windows=max_windows)
+    models = {"base": base, f"base + PI x{factor:g}": interpolated, "LongLoRA": extended}
+    plots = _report(cfg, rows, lengths, models, docs, short, max_windows)
+    summary = {"recipe": recipe, "config": cfg.to_dict(), "lengths": lengths, "perplexity": rows,
+               "train_loss": result["loss"], "seconds": round(time.time() - started, 1), "plots": plots}
+    write_json(Path(cfg.out_dir) / "extension.json", summary)
+    print(f"plots: {', '.join(plots)}; numbers: {Path(cfg.out_dir) / 'extension.json'}; {summary['seconds']:.0f} s "
+          f"in all")
+    return summary
 
+
+def _report(cfg, rows: dict, lengths: list[int], models: dict, docs, short: int, max_windows: int) -> list[str]:
+    """Print the perplexity table; plot it against length, and the loss against position at the target length."""
     out = Path(cfg.out_dir)
     header = f"{'perplexity (validation, sliding window)':<42}" + "".join(f"{n:>10}" for n in lengths)
     table = [header] + [f"{label:<42}" + "".join(f"{ppl[n]:>10.3f}" for n in lengths) for label, ppl in rows.items()]
@@ -77,14 +81,7 @@ def run_context_extension(recipe: str = "extend-tiny-4x", *, max_windows: int = 
     plot_perplexity(rows, out / "extension.png", title=f"Before and after LongLoRA: {short} -> {cfg.seq_len} tokens",
                     contexts={"base": short, list(rows)[-1]: cfg.seq_len})  # each model's training context
     curves = {label: position_loss(model, docs, cfg.seq_len, max_windows=max_windows // 4, batch_size=4,
-                                   check_context=False)
-              for label, model in [("base", base), (f"base + PI x{factor:g}", interpolated), ("LongLoRA", extended)]}
+                                   check_context=False) for label, model in models.items()}
     plot_position_loss(curves, out / "position_loss.png", title=f"Loss against position at {cfg.seq_len} tokens",
                        contexts={"base": short})
-    summary = {"recipe": recipe, "config": cfg.to_dict(), "lengths": lengths, "perplexity": rows,
-               "train_loss": result["loss"], "seconds": round(time.time() - started, 1),
-               "plots": [str(out / "extension.png"), str(out / "position_loss.png")]}
-    (out / "extension.json").write_text(json.dumps(summary, indent=1) + "\n")
-    print(f"plots: {out / 'extension.png'}, {out / 'position_loss.png'}; numbers: {out / 'extension.json'}; "
-          f"{summary['seconds']:.0f} s in all")
-    return summary
+    return [str(out / "extension.png"), str(out / "position_loss.png")]

@@ -22,9 +22,11 @@ from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .attention import attention_mask, attention_probs, causal_attention, sparse_attention
+from .attention import causal_attention
 from .config import LlamaConfig
 from .errors import UserInputError, check_token_ids
+from .patterns import sparse_attention
+from .reference import attention_mask, attention_probs
 from .rope import apply_rope, rope_cos_sin
 
 
@@ -207,7 +209,7 @@ class Llama(nn.Module):
     @torch.no_grad()
     def attention_maps(self, tokens: torch.Tensor, pattern: str = "full") -> list[torch.Tensor]:
         """Attention probabilities of every layer, [(b, h, n, n)] × layers, for looking only: explicit softmax under
-        the pattern's mask (attention.attention_probs), since SDPA returns no weights. probs @ v equals the SDPA
+        the pattern's mask (reference.attention_probs), since SDPA returns no weights. probs @ v equals the SDPA
         output of the same pattern (tests/test_model.py)."""
         cfg = self.config
         n = tokens.shape[1]
@@ -252,18 +254,6 @@ class Llama(nn.Module):
             logits = self(next_token[:, None], cache=cache, check_context=check_context)[:, -1]
         self.train(was_training)
         return out
-
-    def summary(self) -> str:
-        """A table of parameter counts by module kind, and the total."""
-        rows: dict[str, int] = {}
-        for name, p in self.named_parameters():
-            kind = name.split(".")[-2] if name.startswith("layers.") else name.rsplit(".", 1)[0]
-            rows[kind] = rows.get(kind, 0) + p.numel()
-        total = sum(rows.values())
-        lines = [f"{'parameters':<28}{'count':>15}{'share':>9}"]
-        lines += [f"{k:<28}{v:>15,}{100 * v / total:>8.2f}%" for k, v in rows.items()]
-        lines.append(f"{'total':<28}{total:>15,}{100.0:>8.2f}%")
-        return "\n".join(lines)
 
 
 def sample_next_token(logits: torch.Tensor, temperature: float, top_k: int | None = None, top_p: float | None = None,

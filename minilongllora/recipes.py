@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from .errors import UserInputError
 from .rope import interpolation_factor
-from .train import TrainConfig
+from .trainconfig import TrainConfig
 
 LLAMA2_CONTEXT = 4096
 

@@ -45,6 +45,8 @@ import numbers
 import torch
 from einops import rearrange, repeat
 
+from .errors import UserInputError
+
 ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3")
 
 # The keys each scaling type reads (besides "rope_type"); those in _REQUIRED must be present.
@@ -300,3 +302,11 @@ def effective_context(max_seq_len: int, scaling: dict | None) -> int:
     if scaling["rope_type"] == "yarn" and "original_max_position_embeddings" in scaling:
         return max_seq_len
     return int(max_seq_len * scaling["factor"])
+
+
+def linear_scaling(factor: float) -> dict | None:
+    """Position interpolation by `factor` as a rope_scaling dict, {"rope_type": "linear", "factor": float}; None for
+    factor 1 (nothing to interpolate). UserInputError below 1 (a factor < 1 would squeeze the trained context)."""
+    if not factor >= 1:
+        raise UserInputError(f"the position-interpolation factor must be >= 1 (1 = no interpolation), got {factor!r}")
+    return {"rope_type": "linear", "factor": float(factor)} if factor > 1 else None

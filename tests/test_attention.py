@@ -252,3 +252,13 @@ def test_bad_inputs_raise_one_clear_value_error(call, message):
     with pytest.raises(ValueError, match=re.escape(message)) as err:
         call(q, k, v)
     assert "\n" not in str(err.value)
+
+
+def test_the_group_size_is_one_rule():
+    """attention.group_size: int(ratio · n), rounded down to an even number, at least 2; G / n gives G back."""
+    from minilongllora.attention import group_size
+    from minilongllora.config import LlamaConfig
+
+    assert group_size(1024, 0.25) == 256 and group_size(100, 0.25) == 24 and group_size(12, 0.1) == 2
+    assert all(group_size(n, g / n) == g for n in range(2, 300) for g in range(2, n + 1, 2))
+    assert LlamaConfig(group_size_ratio=1 / 6).group_size(1536) == 256

@@ -12,6 +12,7 @@ import torch
 from minilongllora.data import (CORPUS_ROOT, SPLITS, ByteTokenizer, PackedDataset, TokenFile, corpus_file,
                                 corpus_tokens, load_corpus, load_hf_tokenizer, load_jsonl_texts, load_token_bin, pack,
                                 pack_tokens, read_jsonl, write_token_bin)
+from minilongllora.evaluate import official_window_starts
 
 
 # ------------------------------------------------------------------------------------------------------ tokenizer
@@ -113,7 +114,7 @@ def test_token_bin_round_trip(tmp_path):
     assert isinstance(tf, TokenFile) and isinstance(tf.tokens, np.memmap) and tf.tokens.dtype == np.uint16
     assert len(tf) == 1000 and np.array_equal(tf[:], tokens) and tf[3] == tokens[3]
     assert tf.sequences(300).tolist() == torch.as_tensor(tokens[:900]).reshape(3, 300).tolist()
-    assert tf.eval_starts(256, 256) == [0, 256]  # range(0, 744, 256) = [0, 256, 512], last dropped as eval.py does
+    assert official_window_starts(len(tf), 256, 256) == [0, 256]  # range(0, 744, 256) = [0, 256, 512], last dropped
     write_token_bin(tmp_path / "t32.bin", torch.tensor([70000, 1]), dtype=np.uint32)
     assert load_token_bin(tmp_path / "t32.bin", dtype=np.uint32)[:].tolist() == [70000, 1]
 
@@ -146,7 +147,8 @@ def test_packed_dataset_is_deterministic_and_covers_each_epoch():
         for epoch in range(3):
             assert sorted(seen[epoch].tolist()) == list(range(10))
         assert not torch.equal(seen[0], seen[1])  # a fresh permutation each epoch
-    assert [ds.epoch_of(s, 3) for s in range(8)] == [0, 0, 0, 0, 1, 1, 1, 2]
+    # batch 3 (samples 9, 10, 11) straddles epochs 0 and 1: the last row of epoch 0, then the first two of epoch 1
+    assert ds.indices(3, 3).tolist() == [ds.permutation(0)[9], ds.permutation(1)[0], ds.permutation(1)[1]]
     assert torch.equal(ds.batch(1, 3), rows[ds.indices(1, 3)])
     g = torch.Generator().manual_seed(3)
     assert torch.equal(ds.indices(0, 10), torch.randperm(10, generator=g))

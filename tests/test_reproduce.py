@@ -175,10 +175,25 @@ def test_other_tables_quick(name, ids, base_dir, dirs, capsys):
         assert by[("s2", True)] != by[("s2", False)]  # a model's own pattern is a different computation
     if name == "figure5":
         assert {r["setting"] for r in rows} == {"full", "lora_plus"}
-        starts = [r["val_ppl"] for r in rows if r["step"] == 0]
+        starts = [r["val_window_ppl"] for r in rows if r["step"] == 0]
         assert len(starts) == 2 and starts[0] == starts[1]  # both start from the same interpolated base
     if name == "figure4":
         assert {r["model"] for r in rows} == {"base", "base + extended PI", "extended", "extended + extended PI"}
         assert all(0 <= r["accuracy"] <= 1 for r in rows)
         factors = {r["model"]: r["rope_factor"] for r in rows}
         assert factors["extended + extended PI"] == pytest.approx(rep.EXTENDED_PI * factors["extended"])
+
+
+def test_the_cache_key_depends_on_the_code_a_run_executes(tmp_path, monkeypatch):
+    from minilongllora.reproduce import runner
+
+    (tmp_path / "model.py").write_text("a = 1\n")
+    (tmp_path / "cli.py").write_text("b = 1\n")
+    monkeypatch.setattr(runner, "PACKAGE", tmp_path)
+    before = runner.code_fingerprint()
+    (tmp_path / "cli.py").write_text("b = 2\n")  # the command line runs nothing of a run
+    assert runner.code_fingerprint() == before
+    (tmp_path / "model.py").write_text("a = 2\n")
+    assert runner.code_fingerprint() != before
+    cfg = rep.Plan.make("base", 256).config(1024)
+    assert runner.run_key(cfg, "base+code-1") != runner.run_key(cfg, "base+code-2")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from minilongllora import reproduce as rep
-from minilongllora import results
+from minilongllora.reproduce import results
 
 RESULTS = Path(__file__).resolve().parent.parent / "notebooks" / "results"
 NAMES = [name for name in rep.TABLES if (RESULTS / f"{name}.json").is_file()]

@@ -16,8 +16,9 @@ from safetensors.torch import load_file
 import minilongllora.train as T
 from minilongllora import Llama, LlamaConfig, to_hf
 from minilongllora.errors import UserInputError
-from minilongllora.train import (TrainConfig, TrainingDiverged, build_model, find_checkpoint, lr_lambda,
-                                 make_optimizer, read_checkpoint, train)
+import minilongllora.checkpoint as C
+from minilongllora.checkpoint import find_checkpoint, read_checkpoint
+from minilongllora.train import TrainConfig, TrainingDiverged, build_model, lr_lambda, make_optimizer, train
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = dict(n_layers=1, dim=64, n_heads=4, n_kv_heads=4, ffn_dim=128)
@@ -129,7 +130,7 @@ def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, monke
 
     run = tmp_path / "run"
     calls = []
-    save = T._save_safetensors
+    save = C._save_safetensors
 
     def crash_on_third_file(*args):  # files 1-2: checkpoint of step 2; file 3: the model file of step 4
         calls.append(args)
@@ -137,7 +138,7 @@ def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, monke
             raise OSError("injected crash: disk full")
         return save(*args)
 
-    monkeypatch.setattr(T, "_save_safetensors", crash_on_third_file)
+    monkeypatch.setattr(C, "_save_safetensors", crash_on_third_file)
     with pytest.raises(OSError, match="injected"):
         train(full_cfg(run, steps=4, save_every=2))
     monkeypatch.undo()
@@ -291,7 +292,7 @@ def test_fsdp2_two_processes_match_one(tmp_path, base_dir, method):
     then resumed to 4) give the loss curve and the weights of 1 process x batch 4, to float tolerance."""
     if method == "full":
         args = ["pretrain", "--base", "tiny", "--model-overrides", *[f"{k}={v}" for k, v in TINY.items()],
-                "--seq-len", "64"]
+                "--seq-len", "64", "--lr-schedule", "constant", "--weight-decay", "0", "--passkey-share", "0"]
         cfg = full_cfg(tmp_path / "one", steps=4, batch_size=4, save_every=2)
     else:
         args = ["extend", "--base", str(base_dir), "--seq-len", "128", "--method", "lora_plus", "--attention", "s2"]
@@ -319,6 +320,34 @@ def test_fsdp2_two_processes_match_one(tmp_path, base_dir, method):
     assert ta.keys() == tb.keys()
     for k in ta:
         torch.testing.assert_close(ta[k], tb[k], rtol=0, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------- one home per rule
+def test_a_base_with_another_rope_scaling_is_not_silently_replaced(tmp_path):
+    """Position interpolation replaces a linear scaling (the same original context); a YaRN base is refused."""
+    config = LlamaConfig.from_preset("tiny", n_layers=1, dim=64, n_heads=4, ffn_dim=128, max_seq_len=64,
+                                     rope_scaling={"rope_type": "yarn", "factor": 2.0})
+    to_hf(Llama(config), tmp_path / "yarn")
+    with pytest.raises(ValueError, match="yarn"):
+        build_model(TrainConfig(base=str(tmp_path / "yarn"), seq_len=256))  # past its 128 tokens
+    with pytest.raises(ValueError, match="yarn"):
+        build_model(TrainConfig(base=str(tmp_path / "yarn"), seq_len=128, rope_factor=4))
+    model = build_model(TrainConfig(base=str(tmp_path / "yarn"), seq_len=128))  # within its context: kept as it is
+    assert model.config.rope_scaling == {"rope_type": "yarn", "factor": 2.0}
+    to_hf(Llama(config.replace(rope_scaling={"rope_type": "linear", "factor": 2.0})), tmp_path / "linear")
+    model = build_model(TrainConfig(base=str(tmp_path / "linear"), seq_len=256))  # ceil(256 / 64) from the original
+    assert model.config.rope_scaling == {"rope_type": "linear", "factor": 4.0}
+
+
+def test_only_patterns_that_split_the_heads_need_a_divisible_head_count():
+    overrides = dict(n_layers=1, dim=96, n_heads=3, n_kv_heads=3, ffn_dim=128)
+    for attention in ("short", "local", "shift_all"):
+        build_model(TrainConfig(base="tiny", seq_len=64, attention=attention, model_overrides=overrides))
+    with pytest.raises(ValueError, match="divisible by 2"):
+        build_model(TrainConfig(base="tiny", seq_len=64, attention="s2", model_overrides=overrides))
+    with pytest.raises(ValueError, match="divisible by 4"):
+        build_model(TrainConfig(base="tiny", seq_len=64, attention="block_sparse",
+                                model_overrides=dict(overrides, n_heads=6, n_kv_heads=6)))
 
 
 def test_cosine_schedule_equals_transformers_and_resumes_only_with_the_same_steps(tmp_path):

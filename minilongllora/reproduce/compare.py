@@ -1,0 +1,132 @@
+"""What the table modules share to put ours beside the paper: means over seeds, values relative to a reference row,
+and the plotting helpers.
+
+Absolute perplexities cannot be compared (the paper: Llama2 7B, 32k-token vocabulary, PG19 books; ours: a
+3.4M-parameter byte-level model on Python sources), so every table is also given *relative* to its reference row
+(full-attention fine-tuning, or S2-Attn across heads in Table 6): `rel = ppl / ppl_reference - 1`, the quantity the
+paper's conclusions are about ("S2-Attn is within 0.3% of full attention", "short attention is 3-18% worse").
+"""
+
+from __future__ import annotations
+
+import math
+
+PAPER_MODEL = "paper: Llama2 7B, PG19"
+OUR_MODEL = "ours: tiny byte-level LLaMA, pystdlib"
+
+
+def mean(rows: list[dict], metric: str = "ppl", **match) -> float | None:
+    """Mean of `metric` over the rows (seeds) whose fields equal `match`; None when no row matches."""
+    values = [r[metric] for r in rows if all(r.get(k) == v for k, v in match.items())
+              and isinstance(r.get(metric), (int, float))]
+    return sum(values) / len(values) if values else None
+
+
+def rel(value: float | None, reference: float | None) -> float | None:
+    return None if value is None or not reference else value / reference - 1
+
+
+def seeds_text(result: dict) -> str:
+    n = len(result["settings"].get("seeds", [0]))
+    return f"{n} seed{'s' if n > 1 else ''}"
+
+
+def first3q(rows: list[dict], **match) -> float | None:
+    """Perplexity over the first three quarters of the window (tokens 0 … 3n/4, from `loss_quarters`)."""
+    losses = [sum(r["loss_quarters"][:3]) / 3 for r in rows if all(r.get(k) == v for k, v in match.items())
+              and r.get("loss_quarters")]
+    return math.exp(sum(losses) / len(losses)) if losses else None
+
+
+def reference(rows: list[dict], **match) -> dict:
+    """The reference row's perplexities (all tokens, last quarter, first three quarters)."""
+    return {"ppl": mean(rows, "ppl", **match), "lq": mean(rows, "ppl_last_quarter", **match),
+            "3q": first3q(rows, **match)}
+
+
+def ppl_row(label: str, paper: float | None, paper_ref: float | None, ours_rows: list[dict], ours_ref: dict,
+            **match) -> dict:
+    """One row of a perplexity table: the paper's value and ours, each also relative to its reference row."""
+    ours, ours_lq = mean(ours_rows, "ppl", **match), mean(ours_rows, "ppl_last_quarter", **match)
+    ours_3q = first3q(ours_rows, **match)
+    return {"label": label, "paper": paper, "paper_rel": rel(paper, paper_ref), "ours": ours,
+            "ours_rel": rel(ours, ours_ref["ppl"]), "ours_lq": ours_lq, "ours_lq_rel": rel(ours_lq, ours_ref["lq"]),
+            "ours_3q": ours_3q, "ours_3q_rel": rel(ours_3q, ours_ref["3q"])}
+
+
+def paper_value(result: dict, metric: str = "ppl", **match) -> float | None:
+    return mean(result["paper"]["rows"], metric, **match)
+
+
+def pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:+.1f}%"
+
+
+def span(rows: list[dict], prefix: str, key: str = "ours_rel") -> tuple[float, float]:
+    """(smallest, largest) `key` over the compared rows whose label starts with `prefix`."""
+    values = [r[key] for r in rows if r["label"].startswith(prefix) and r[key] is not None]
+    return min(values), max(values)
+
+
+def average(values: list[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
+
+
+# ------------------------------------------------------------------------------------------------------- plotting
+def figure(ncols: int = 2, width: float = 11.0, height: float = 3.8):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=90)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, ncols)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    return fig, axes
+
+
+def plain_log(ax) -> None:
+    """A log y axis labelled 4, 6, 10, 20 rather than 4×10⁰ …"""
+    from matplotlib.ticker import FormatStrFormatter
+
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+    ax.tick_params(axis="y", which="minor", labelsize=7)
+
+
+def bars(ax, labels: list[str], values: list[float | None], title: str, ylabel: str, colors=None):
+    xs = range(len(labels))
+    heights = [math.nan if v is None else 100 * v for v in values]
+    ax.bar(xs, [0 if math.isnan(h) else h for h in heights], color=colors or "C0")
+    for x, h in zip(xs, heights):
+        ax.annotate("n/a" if math.isnan(h) else f"{h:+.1f}", (x, 0 if math.isnan(h) else h), ha="center",
+                    va="bottom" if math.isnan(h) or h >= 0 else "top", fontsize=7)
+    ax.set_xticks(list(xs), labels, rotation=35, ha="right", fontsize=8)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_title(title, fontsize=9)
+    ax.set_ylabel(ylabel)
+
+
+def relative_bars(result: dict, rows: list[dict], reference_name: str, colors=None):
+    """The paper's relative values (left) and ours (right) as bars: tables 2, 6, 7 and 8."""
+    fig, (a, b) = figure()
+    labels = [r["label"] for r in rows]
+    bars(a, labels, [r["paper_rel"] for r in rows], PAPER_MODEL, f"perplexity vs {reference_name} (%)", colors)
+    ylabel = f"perplexity vs {reference_name} (%)"
+    bars(b, labels, [r["ours_rel"] for r in rows], OUR_MODEL + quick_note(result), ylabel, colors)
+    return fig
+
+
+def quick_note(result: dict) -> str:
+    return " (quick: numbers meaningless)" if result.get("quick") else ""
+
+
+def label_axes(ax, title: str, xlabel: str, ylabel: str, *, log: bool = False, legend: int = 8) -> None:
+    """Labels, title and legend of one panel; a plain-numbered log y axis with log=True."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if log:
+        plain_log(ax)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=legend)

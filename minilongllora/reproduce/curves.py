@@ -1,0 +1,100 @@
+"""Every run's recovery during fine-tuning (the trainer's whole-window validation perplexity), and the loss against
+position in the window, for any table's results."""
+
+from __future__ import annotations
+
+from .compare import plain_log
+from .plan import group_of
+from .record import window_ppl
+
+
+def _run_label(config: dict) -> str:
+    method = {"full": "full FT", "lora": "LoRA", "lora_plus": "LoRA+"}[config["method"]]
+    parts = [method, {"full": "full attention", "s2": "S2-Attn"}.get(config["attention"], config["attention"])]
+    if config["attention"] == "s2" and config.get("s2_variant", "split") != "split":
+        parts.append(config["s2_variant"])
+    ratio = config.get("group_size_ratio", 0.25)
+    if config["attention"] != "full" and abs(ratio - 0.25) > 1e-9:  # Table 7: the group size tells the runs apart
+        parts.append(f"group {group_of(config)}")
+    if config["method"] != "full" and config.get("lora_r") != 8:
+        parts.append(f"r={config['lora_r']}")
+    parts += [f"{config['seq_len']} tokens", f"lr {config['lr']:g}"]
+    return ", ".join(parts)
+
+
+def curves(result: dict) -> dict[str, list[tuple[int, float]]]:
+    """Every run of the table: its validation perplexity (full attention, train's whole-window mean) every
+    steps/10 steps, from step 0 (the base with the run's interpolation, where the table recorded it) to the end."""
+    configs = {c["run"]: c for c in result["settings"]["train_configs"]}
+    out = {}
+    for key, run in result["settings"]["runs"].items():
+        label = _run_label(configs[key])
+        if configs[key].get("train_embed") is False or configs[key].get("train_norm") is False:
+            label += f" (embed {configs[key]['train_embed']}, norm {configs[key]['train_norm']})"
+        out[label] = [(m["step"], window_ppl(m)) for m in run["curve"]]
+    return out
+
+
+def plot_curves(result: dict, select=None):
+    """Validation perplexity against fine-tuning step, one line per run (`select(label)` keeps a subset)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 4), dpi=90)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for label, pts in curves(result).items():
+        if select is None or select(label):
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=label)
+    plain_log(ax)
+    ax.set_xlabel("fine-tuning step")
+    ax.set_ylabel("validation perplexity (whole windows, full attention)")
+    ax.set_title(f"{result['name']}: validation perplexity during fine-tuning", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_loss_by_position(result: dict, panel: str = "context", line: str = "setting"):
+    """Mean next-token loss (full attention) against position in the window: 16 bins (`loss_bins`) where the results
+    have them, else the 4 quarters; one panel per value of `panel` ("context" in table1 and table7, "lr" in
+    table1_lr), one line per value of `line` ("setting"; "group" in table7): where in the window short or S2-Attn
+    training loses against full attention. A dotted line marks the group size where a panel has one."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = result["rows"] + result.get("starting_point", [])  # table1: the base with PI, before fine-tuning
+    values = sorted({r[panel] for r in rows})
+    lines = list(dict.fromkeys(r[line] for r in rows))
+    if "base+PI" in lines:  # the starting point first, drawn in gray
+        lines = ["base+PI"] + [x for x in lines if x != "base+PI"]
+    fig = Figure(figsize=(max(3.6 * len(values), 5.0), 3.4), dpi=90)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(values), sharey=True, squeeze=False)[0]
+    for ax, value in zip(axes, values):
+        groups = set()
+        for i, name in enumerate(lines):
+            members = [r for r in rows if r[panel] == value and r.get(line) == name]
+            if not members:
+                continue
+            key = "loss_bins" if all("loss_bins" in m for m in members) else "loss_quarters"
+            k, n = len(members[0][key]), members[0]["context"]
+            mean = [sum(m[key][j] for m in members) / len(members) for j in range(k)]
+            style = dict(color="gray", ls="--", lw=1) if name == "base+PI" else {}
+            marker = "x" if name == "base+PI" else "os^vD<>p"[(i - ("base+PI" in lines)) % 8]
+            ax.plot([(j + 0.5) / k for j in range(k)], mean, marker=marker, ms=4, label=str(name), **style)
+            groups |= {m["group_size"] for m in members if m.get("group_size")}
+        group = groups.pop() if len(groups) == 1 else None
+        if group:
+            ax.axvline(group / n, color="gray", ls=":", lw=0.8)
+        ax.set_xlabel("position in the window (fraction of n)")
+        title = f"n = {n}" + (f", group {group}" if group else "")
+        title += "" if panel == "context" else f"; {panel} {value:g}"
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("mean next-token loss (nats)" + ("" if panel == "window" else ", full attention"))
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{result['name']}: loss by position in the window", fontsize=9)
+    fig.tight_layout()
+    return fig

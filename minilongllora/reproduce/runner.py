@@ -1,0 +1,184 @@
+"""The runner: trains (or reuses) runs and evaluates models, caching both.
+
+Cache. Runs live in `--cache-dir` (default runs/reproduce) under the hash of their exact TrainConfig (out_dir aside),
+the base's weights and the source code of the package a run depends on (every module of `minilongllora/` outside
+this subpackage and the command line): a code change gets new keys, so a stale run is never reused. A finished run
+(its result.json) is reused, an interrupted one resumes from its checkpoint (saved every 50 steps); evaluations are
+cached beside it (evals.json), keyed by their settings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+from ..checkpoint import find_checkpoint
+from ..data import ByteTokenizer, corpus_documents
+from ..evaluate import perplexity, position_loss
+from ..files import write_json
+from ..hf import from_hf
+from ..passkey import passkey_accuracy
+from ..rope import linear_scaling
+from ..train import train, validation_loss, validation_rows
+from ..trainconfig import TrainConfig, meta_model
+from .plan import LOSS_BINS, STRIDE, Plan
+from .record import jsonable, window_ppl
+
+PACKAGE = Path(__file__).resolve().parent.parent
+NOT_RUN_CODE = ("cli.py", "__main__.py", "longlora.py", "recipes.py")  # what no reproduction run executes
+
+
+def _sha(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _hash_files(files) -> str:
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def base_fingerprint(base: str) -> str:
+    """sha256 of the base's config.json and weight files: a remade base gets new cache keys."""
+    path = Path(base)
+    return _hash_files(sorted(path.glob("*.json")) + sorted(path.glob("*.safetensors")))
+
+
+def code_fingerprint() -> str:
+    """sha256 of the package's modules a run executes (model, attention, training, evaluation, ...)."""
+    return _hash_files(sorted(f for f in PACKAGE.glob("*.py") if f.name not in NOT_RUN_CODE))
+
+
+def run_key(cfg: TrainConfig, fingerprint: str) -> str:
+    """The cache key of a run: its TrainConfig without out_dir, and the fingerprint of the base and the code."""
+    d = cfg.to_dict()
+    d.pop("out_dir")
+    return _sha({"config": d, "base": fingerprint})
+
+
+def run_fields(run: dict) -> dict:
+    """The fields of a table row that say which run it comes from."""
+    return {"run": run["key"], "train_loss": run["loss"], "train_seconds": run["train_seconds"],
+            "reused": run["reused"]}
+
+
+class Runner:
+    """Trains (or reuses) runs and evaluates models, caching both under `cache_dir`."""
+
+    def __init__(self, plan: Plan, cache_dir: str | Path):
+        self.plan, self.cache = plan, Path(cache_dir)
+        self.fingerprint = _sha({"base": base_fingerprint(plan.base), "code": code_fingerprint()})
+        self.docs = corpus_documents("validation")
+        self.runs: dict[str, dict] = {}  # key -> {config, train_seconds, tokens, loss, curve, reused}
+
+    # training ------------------------------------------------------------------------------------------------
+    def train(self, cfg: TrainConfig) -> dict:
+        key = run_key(cfg, self.fingerprint)
+        out = self.cache / key
+        cfg = cfg.replace(out_dir=str(out))
+        done = out / "result.json"
+        reused = done.is_file()
+        if not reused:
+            resume = find_checkpoint(out) is not None
+            if not resume and out.exists():
+                shutil.rmtree(out)
+            started = time.time()
+            result = train(cfg, resume=resume)
+            write_json(done, {"config": cfg.to_dict(), "final": result["final"], "loss": result["loss"],
+                              "metrics": result["metrics"], "train_seconds": result["metrics"][-1]["seconds"],
+                              "wall_seconds": round(time.time() - started, 1)}, default=jsonable)
+            shutil.rmtree(out / "checkpoint", ignore_errors=True)  # only needed to resume; final/ is the model
+        summary = json.loads(done.read_text())
+        self.runs.setdefault(key, {
+            "config": summary["config"], "train_seconds": summary["train_seconds"],
+            "wall_seconds": summary.get("wall_seconds"), "reused": reused,
+            "tokens": summary["metrics"][-1]["tokens"], "final_train_loss": summary["loss"],
+            "curve": [{"step": m["step"], "val_window_ppl": window_ppl(m)} for m in summary["metrics"]
+                      if window_ppl(m) is not None]})
+        return {"key": key, "config": cfg, "final": summary["final"], "loss": summary["loss"],
+                "metrics": summary["metrics"], "train_seconds": summary["train_seconds"], "reused": reused,
+                "dir": str(out)}
+
+    def trainable(self, cfg: TrainConfig) -> int:
+        return sum(p.numel() for p in meta_model(cfg).parameters() if p.requires_grad)
+
+    # evaluation ----------------------------------------------------------------------------------------------
+    def _cached(self, source, spec: dict, compute):
+        folder = self.cache / "base-evals" / self.fingerprint if source == "base" else Path(source["dir"])
+        path = folder / "evals.json"
+        key = json.dumps(spec, sort_keys=True)
+        cache = json.loads(path.read_text()) if path.is_file() else {}
+        if key not in cache:
+            cache[key] = compute()
+            write_json(path, cache, default=jsonable)
+        return cache[key]
+
+    def _model(self, source, attention: str = "full", rope_factor: float | None = None):
+        overrides = {} if rope_factor is None else {"rope_scaling": linear_scaling(rope_factor)}
+        if source == "base":
+            return from_hf(self.plan.base, **overrides).eval()
+        cfg = source["config"]
+        if attention == "train":
+            overrides.update(attention=cfg.attention, s2_variant=cfg.s2_variant,
+                             group_size_ratio=cfg.group_size_ratio, eval_attention="train")
+        elif attention.startswith("local "):  # "local F": a sliding window of F x the evaluated length
+            overrides.update(attention="local", group_size_ratio=float(attention.split()[1]), eval_attention="train")
+        return from_hf(source["final"], **overrides).eval()
+
+    def ppl(self, run, n: int, attention: str = "full", rope_factor: float | None = None) -> dict:
+        """Sliding-window perplexity of a run (or of "base", with linear PI by `rope_factor` where given)."""
+        spec = {"kind": "ppl", "n": n, "stride": min(STRIDE, n), "windows": self.plan.ppl_windows,
+                "attention": attention, **({} if rope_factor is None else {"rope_factor": rope_factor})}
+
+        def compute():
+            r = perplexity(self._model(run, attention, rope_factor), self.docs, n, stride=min(STRIDE, n),
+                           max_windows=self.plan.ppl_windows, batch_size=4, progress=False)
+            return {"ppl": r["ppl"], "ppl_tokens": r["tokens_scored"], "ppl_windows": r["windows"]}
+
+        return self._cached(run, spec, compute)
+
+    def last_quarter(self, run, n: int, attention: str = "full", rope_factor: float | None = None) -> dict:
+        """exp of the mean loss at the last quarter of window positions, the loss of each quarter and of each 16th."""
+        spec = {"kind": "last_quarter", "n": n, "documents": self.plan.lq_documents, "attention": attention,
+                "bins": LOSS_BINS, **({} if rope_factor is None else {"rope_factor": rope_factor})}
+
+        def compute():
+            docs = [d[:n] for d in self.docs if d.numel() >= n][:self.plan.lq_documents]
+            if not docs:
+                raise ValueError(f"no validation document holds {n} tokens")
+            curve = position_loss(self._model(run, attention, rope_factor), docs, n, batch_size=4).double()
+            # entry i predicts token i + 1: the last quarter of positions is tokens 3n/4 … n−1
+            quarters = [curve[max(0, q * n // 4 - 1):(q + 1) * n // 4 - 1].mean().item() for q in range(4)]
+            bins = [curve[max(0, b * n // LOSS_BINS - 1):(b + 1) * n // LOSS_BINS - 1].mean().item()
+                    for b in range(LOSS_BINS)]
+            return {"ppl_last_quarter": math.exp(quarters[3]), "loss_quarters": quarters, "loss_bins": bins,
+                    "lq_documents": len(docs)}
+
+        return self._cached(run, spec, compute)
+
+    def passkey(self, source, lengths: list[int], trials: int, rope_factor: float) -> list[dict]:
+        spec = {"kind": "passkey", "lengths": list(lengths), "trials": trials, "rope_factor": rope_factor}
+        return self._cached(source, spec, lambda: passkey_accuracy(
+            self._model(source, rope_factor=rope_factor), ByteTokenizer(), lengths, trials=trials,
+            check_context=False, progress=False))
+
+    def window_ppl_at_start(self, cfg: TrainConfig) -> float:
+        """The trainer's validation (whole-window) perplexity of the base with the run's interpolation, before any
+        step."""
+        spec = {"kind": "val_start", "n": cfg.seq_len, "windows": cfg.eval_windows, "rope_factor": cfg.rope_factor}
+
+        def compute():
+            model = self._model("base", rope_factor=cfg.rope_factor)
+            loss = validation_loss(model, validation_rows(cfg), cfg.batch_size, "cpu", contextlib.nullcontext)
+            return math.exp(loss)
+
+        return self._cached("base", spec, compute)

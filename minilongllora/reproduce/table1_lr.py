@@ -1,0 +1,82 @@
+"""(Not in the paper.) Table 1 at 4x under learning rates 1e-4, 2.5e-4, 5e-4, 1e-3, short and S2-Attn also tested with
+their own pattern: does S2-Attn's gap to full attention depend on how far fine-tuning moves?"""
+
+from __future__ import annotations
+
+from .compare import OUR_MODEL, figure, mean, paper_value, pct, ppl_row, quick_note, reference, rel, seeds_text
+from .plan import Plan, group_of
+from .runner import run_fields
+from .table1 import PAPER_PPL, SETTINGS
+
+NAME = "table1_lr"
+DESCRIPTION = ("Table 1 at 4x the base's context under learning rates 1e-4 / 2.5e-4 / 5e-4 / 1e-3 (not in the "
+               "paper): full-attention FT vs short attention vs S2-Attn, full FT with PI, tested with full attention "
+               "and (short, S2) with their own pattern")
+ID_FIELDS = ("setting", "lr")
+T1_LR = (1e-4, 2.5e-4, 5e-4, 1e-3)  # 1e-3 is LR["full"]: those three runs are table1's at 4x
+PAPER = {"source": "LongLoRA v3 Table 1 (PAPER.md §1), its 8192 column", "setup": "the paper has no "
+         "learning-rate ablation: Table 1 at 8192 (2x Llama2's 4096; lr 2e-5 for every row) for reference.",
+         "rows": [{"setting": s, "lr": 2e-5, "context": 8192, "ppl": p[0]} for s, p in PAPER_PPL.items()]}
+
+
+def rows(plan: Plan, runner, seeds) -> list[dict]:
+    out, n = [], plan.context(4)
+    for seed in seeds:
+        for lr in T1_LR:
+            for setting in SETTINGS:
+                run = runner.train(plan.config(n, method="full", attention=setting, seed=seed, lr=lr))
+                row = {"setting": setting, "lr": lr, "context": n, "seed": seed, "group_size": group_of(run["config"]),
+                       **runner.ppl(run, n), **runner.last_quarter(run, n)}
+                if setting != "full":
+                    row["ppl_own_pattern"] = runner.ppl(run, n, "train")["ppl"]
+                    row["ppl_last_quarter_own_pattern"] = runner.last_quarter(run, n, "train")["ppl_last_quarter"]
+                out.append({**row, **run_fields(run)})
+    return out
+
+
+def compare(result: dict) -> list[dict]:
+    rows_, out = result["rows"], []
+    pref = paper_value(result, setting="full")
+    for lr in sorted({r["lr"] for r in rows_}):
+        ref = reference(rows_, setting="full", lr=lr)
+        for s in SETTINGS:
+            row = ppl_row(f"{s} lr={lr:g}", paper_value(result, setting=s), pref, rows_, ref, setting=s, lr=lr)
+            own = mean(rows_, "ppl_own_pattern", setting=s, lr=lr)
+            out.append({**row, "ours_own": own, "ours_own_rel": rel(own, ref["ppl"])})
+    return out
+
+
+def plot(result: dict, rows_: list[dict]):
+    fig, (a, b) = figure()
+    lrs = sorted({r["lr"] for r in result["rows"]})
+    for s, marker in (("short", "s"), ("s2", "^")):
+        pts = [r for r in rows_ if r["label"].startswith(s + " ")]
+        a.plot(lrs, [100 * r["ours_rel"] for r in pts], marker=marker, label=f"{s}, tested with full attention")
+        a.plot(lrs, [100 * r["ours_own_rel"] for r in pts], marker=marker, ls="--",
+               label=f"{s}, tested with its own pattern")
+    p_s2 = next(r["paper_rel"] for r in rows_ if r["label"].startswith("s2 "))
+    p_short = next(r["paper_rel"] for r in rows_ if r["label"].startswith("short "))
+    a.axhline(100 * p_short, color="C0", lw=0.8, ls=":", label=f"paper, short @ 8192 ({100 * p_short:+.1f}%)")
+    a.axhline(100 * p_s2, color="C2", lw=0.8, ls=":", label=f"paper, S2 @ 8192 ({100 * p_s2:+.1f}%)")
+    a.set_ylabel("perplexity vs full-attention FT at the same rate (%)")
+    a.set_title(OUR_MODEL + quick_note(result), fontsize=9)
+    for s, marker in (("full", "o"), ("short", "s"), ("s2", "^")):
+        pts = [r for r in rows_ if r["label"].startswith(s + " ")]
+        b.plot(lrs, [r["ours"] for r in pts], marker=marker, label=s)
+    b.set_ylabel("perplexity, tested with full attention")
+    b.set_title("absolute perplexity (ours)", fontsize=9)
+    for ax in (a, b):
+        ax.set_xscale("log")
+        ax.set_xlabel("learning rate (250 steps, constant after 20 warmup)")
+        ax.legend(fontsize=7)
+    return fig
+
+
+def verdict(result: dict, rows_: list[dict]) -> str:
+    parts = []
+    for lr in sorted({r["lr"] for r in result["rows"]}):
+        get = {r["label"].split()[0]: r for r in rows_ if r["label"].endswith(f"lr={lr:g}")}
+        parts.append(f"lr {lr:g}: S2 {pct(get['s2']['ours_rel'])} (own pattern {pct(get['s2']['ours_own_rel'])})"
+                     f", short {pct(get['short']['ours_rel'])}, full FT ppl {get['full']['ours']:.2f}")
+    return (f"Table 1 at 4x by learning rate ({seeds_text(result)}; relative to full-attention FT at the same rate, "
+            "tested with full attention): " + "; ".join(parts) + " (paper at 8192: S2 +0.2%, short +3.4%).")

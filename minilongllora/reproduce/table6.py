@@ -1,0 +1,70 @@
+"""Table 6: the attention patterns of the ablation (S2 across heads / layers, only P1, only P2, dilated, block sparse,
+stride sparse), LoRA+ at 4x, each tested with its own pattern and with full attention."""
+
+from __future__ import annotations
+
+from .compare import paper_value, pct, ppl_row, reference, relative_bars, seeds_text
+from .plan import Plan
+from .runner import run_fields
+
+NAME = "table6"
+DESCRIPTION = ("Table 6: attention patterns (S2 across heads / layers, only P1, only P2, dilated, block sparse, "
+               "stride sparse), LoRA+ at 4x, each tested with its own pattern and with full attention")
+ID_FIELDS = ("pattern", "test_full_attention")
+T6_PATTERNS = ("s2", "s2_layers", "short", "shift_all", "dilated", "block_sparse", "stride_sparse")
+T6_NAMES = {"s2": "S2 cross heads", "s2_layers": "S2 cross layers", "short": "S2 only P1", "shift_all": "S2 only P2",
+            "dilated": "dilated cross heads", "block_sparse": "block sparse cross heads",
+            "stride_sparse": "stride sparse cross heads"}
+PAPER = {"source": "LongLoRA v3 Table 6 (PAPER.md §1)", "setup": "Llama2 7B fine-tuned to 32768 with LoRA+ "
+         "(\"improved LoRA\"); PG19 validation perplexity; tested with the training pattern (false) or full "
+         "attention (true).",
+         "rows": [{"pattern": p, "test_full_attention": full, "ppl": v}
+                  for full, values in ((False, (8.64, 8.63, 9.17, 9.64, 8.75, 11.49, 32.81)),
+                                       (True, (8.12, 9.70, 8.39, 9.81, 11.78, 8.30, 24.03)))
+                  for p, v in zip(T6_PATTERNS, values)]}
+
+
+def rows(plan: Plan, runner, seeds) -> list[dict]:
+    out, n = [], plan.context(4)
+    for seed in seeds:
+        for pattern in T6_PATTERNS:
+            run = runner.train(plan.config(n, method="lora_plus", attention=pattern, seed=seed))
+            for full in (False, True):
+                attention = "full" if full else "train"
+                out.append({"pattern": pattern, "paper_name": T6_NAMES[pattern], "test_full_attention": full,
+                            "context": n, "seed": seed, **runner.ppl(run, n, attention),
+                            **runner.last_quarter(run, n, attention), **run_fields(run)})
+    return out
+
+
+def compare(result: dict) -> list[dict]:
+    rows_, out = result["rows"], []
+    for full in (False, True):
+        ref = reference(rows_, pattern="s2", test_full_attention=True)
+        pref = paper_value(result, pattern="s2", test_full_attention=True)
+        for p in dict.fromkeys(r["pattern"] for r in rows_):
+            label = f"{p} tested {'full' if full else 'own'}"
+            out.append(ppl_row(label, paper_value(result, pattern=p, test_full_attention=full), pref, rows_, ref,
+                               pattern=p, test_full_attention=full))
+    return out
+
+
+def plot(result: dict, rows_: list[dict]):
+    return relative_bars(result, rows_, "S2 tested full", ["C1" if "own" in r["label"] else "C0" for r in rows_])
+
+
+def verdict(result: dict, rows_: list[dict]) -> str:
+    get = {r["label"]: r for r in rows_}
+    own = get["s2 tested own"]["ours_rel"]
+    others = {r["label"].split()[0]: r["ours_rel"] for r in rows_ if r["label"].endswith("tested full")
+              and not r["label"].startswith("s2 ")}
+    paper = {r["label"].split()[0]: r["paper_rel"] for r in rows_ if r["label"].endswith("tested full")
+             and not r["label"].startswith("s2 ")}
+    best, p_best = min(others, key=lambda k: others[k]), min(paper, key=lambda k: paper[k])
+    better = sorted(k for k, v in others.items() if v < 0)
+    return (f"Table 6 ({seeds_text(result)}): tested with full attention, the paper's S2-Attn beats every other "
+            f"pattern (next best {p_best}, {pct(paper[p_best])}); ours, the best other pattern is {best} at "
+            f"{pct(others[best])} from S2-Attn, and {len(better)} of {len(others)} patterns beat S2-Attn"
+            + (f" ({', '.join(better)}), unlike the paper" if better else ", as in the paper")
+            + f"; S2-Attn tested with its own pattern is {pct(own)} from itself tested with full attention "
+            f"(paper {pct(get['s2 tested own']['paper_rel'])}).")
