@@ -11,7 +11,7 @@ Writes into --out: the run's final model (config.json, model.safetensors: the HF
   0.5% of the best (`final_over_best`, no overfitting);
 * the loss by position over the model's own 256-token context on the whole validation split, and its last sixteenth
   against the sixteenth before (`last_sixteenth_rise`: ≤ 0 means no rise at the end of the context);
-* passkey retrieval at 256 tokens, 100 trials each: the code format (passkey.py) with validation and with test
+* passkey retrieval within the 256-token context (prompts of at most 250 tokens, so that the answer fits), 100 trials each: the code format (passkey.py) with validation and with test
   filler, and the paper's English format (Figure 4's prompt, which a model trained on code has never read).
 """
 
@@ -30,12 +30,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from minilongllora.data import ByteTokenizer, corpus_tokens, load_corpus  # noqa: E402
+from minilongllora.data import ByteTokenizer, corpus_documents, corpus_tokens, load_corpus  # noqa: E402
 from minilongllora.evaluate import plot_position_loss, position_loss  # noqa: E402
 from minilongllora.hf import from_hf  # noqa: E402
 from minilongllora.passkey import passkey_accuracy  # noqa: E402
 
 CONTEXT = 256
+PASSKEY = CONTEXT - 6  # prompt tokens: the prompt and the 5 or 6 answer tokens all fit in the model's context
 TRIALS = 100
 
 
@@ -103,15 +104,15 @@ def main(argv=None) -> None:
     curve = validation_curve(metrics)
     torch.manual_seed(0)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=False):
-        loss = position_loss(model, corpus_tokens("validation", CONTEXT), CONTEXT, batch_size=32, progress=True)
+        loss = position_loss(model, corpus_documents("validation"), CONTEXT, batch_size=32, progress=True)
     sixteenth = CONTEXT // 16
     tok = ByteTokenizer()
     passkey = {
-        "code_validation_filler": passkey_accuracy(model, tok, [CONTEXT], TRIALS, format="code",
+        "code_validation_filler": passkey_accuracy(model, tok, [PASSKEY], TRIALS, format="code",
                                                    filler_docs=load_corpus("validation"))[0],
-        "code_test_filler": passkey_accuracy(model, tok, [CONTEXT], TRIALS, format="code",
+        "code_test_filler": passkey_accuracy(model, tok, [PASSKEY], TRIALS, format="code",
                                              filler_docs=load_corpus("test"))[0],
-        "paper": passkey_accuracy(model, tok, [CONTEXT], TRIALS)[0],
+        "paper": passkey_accuracy(model, tok, [PASSKEY], TRIALS)[0],
     }
     report = {
         "tokens": tokens, "parameters": n_params, "tokens_per_parameter": tokens / n_params,
@@ -122,13 +123,13 @@ def main(argv=None) -> None:
         "convergence": convergence(curve, steps),
         "val_curve": [{**c, "val_window_ppl": round(math.exp(c["val_loss"]), 4)} for c in curve],
         "train_loss_every_100": [(m["step"], round(m["loss"], 4)) for m in metrics if m["step"] % 100 == 0],
-        "position_loss": {"windows": "every whole 256-token window of the validation split",
+        "position_loss": {"windows": "every whole 256-token window of each validation document",
                           "first_sixteenth": loss[:sixteenth].mean().item(),
                           "second_to_last_sixteenth": loss[-2 * sixteenth:-sixteenth].mean().item(),
                           "last_sixteenth": loss[-sixteenth:].mean().item(),
                           "last_sixteenth_rise": (loss[-sixteenth:].mean() - loss[-2 * sixteenth:-sixteenth].mean())
                           .item()},
-        "passkey_at_256": passkey,
+        "passkey_within_256": passkey,
     }
     (tmp / "pretrain_metrics.json").write_text(json.dumps(report, indent=1) + "\n")
     plot_curve(metrics, curve, tmp / "pretrain_curve.png")
@@ -144,7 +145,7 @@ def main(argv=None) -> None:
           f"{100 * c['final_over_best']:+.2f}%), last tenth improved {100 * c['last_tenth_improvement']:.2f}%\n"
           f"loss by position: last sixteenth {report['position_loss']['last_sixteenth']:.4f} vs "
           f"{report['position_loss']['second_to_last_sixteenth']:.4f} before it\n"
-          "passkey at 256: " + ", ".join(f"{k} {100 * v['accuracy']:.0f}%" for k, v in passkey.items()))
+          f"passkey, prompts of at most {PASSKEY} tokens: " + ", ".join(f"{k} {100 * v['accuracy']:.0f}%" for k, v in passkey.items()))
 
 
 if __name__ == "__main__":

@@ -130,6 +130,7 @@ def _add_training(command) -> None:
     p.add_argument("--base", default=None, help="override the recipe's base model directory")
     p.add_argument("--precision", choices=("fp32", "bf16"), default=None,
                    help="override the recipe's training precision (bf16: CPU bf16 autocast, the recipe's default)")
+    p.add_argument("--lr", type=float, default=None, help="override the recipe's peak learning rate")
     p.add_argument("--resume", action="store_true", help="continue the run in OUT_DIR (then evaluate as usual)")
     p.add_argument("--overwrite", action="store_true", help="start again in an OUT_DIR that holds a run")
 
