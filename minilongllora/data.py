@@ -280,11 +280,39 @@ class TokenFileRows(PackedDataset):
         return torch.from_numpy(np.stack(rows))
 
 
+def passkey_rows(docs: list[str], share: float, seq_len: int, seed: int) -> torch.Tensor:
+    """Rows of `seq_len` byte tokens, each holding ONE whole code-passkey document (passkey.py) at a random offset,
+    with real code of `docs` before and after it (EOS between): passkey documents are `share` of all tokens of
+    `docs` packed plus these rows. So a read of any length is trained whole (packed end to end, a document of length
+    L is cut by a row boundary with probability about L / seq_len)."""
+    rng, tok = np.random.RandomState(seed + 1), ByteTokenizer()
+    n_real, rows, doc_tokens = sum(len(d.encode()) for d in docs), [], 0
+    stream = tok.encode_array("\n".join(docs)).astype(np.int64)
+    while doc_tokens < share * (n_real + len(rows) * seq_len):
+        (doc,) = passkey.training_documents(docs, 1, seq_len - 2, seed=int(rng.randint(2**31)))
+        ids = tok.encode_array(doc).astype(np.int64)
+        if len(ids) > seq_len - 2:  # multi-byte characters made it longer than its characters: draw another
+            continue
+        before = int(rng.randint(0, seq_len - len(ids) - 1))
+        start = int(rng.randint(0, len(stream) - seq_len))
+        row = np.concatenate([stream[start:start + before], [tok.eos_id], ids, [tok.eos_id],
+                              stream[start + before:start + seq_len]])[:seq_len]
+        rows.append(row)
+        doc_tokens += len(ids)
+    return torch.from_numpy(np.stack(rows)) if rows else torch.zeros(0, seq_len, dtype=torch.long)
+
+
 def training_rows(data: str, seq_len: int, seed: int, vocab_size: int | None = None,
-                  passkey_share: float = 0.0) -> PackedDataset:
+                  passkey_share: float = 0.0, passkey_placement: str = "packed") -> PackedDataset:
     """The training rows of `data` ("pystdlib" or a token .bin file), pystdlib with `passkey_share` of its tokens in
-    code-passkey documents (passkey.py); with `vocab_size`, every token id of the data is checked against it first."""
-    if data == "pystdlib" and passkey_share:
+    code-passkey documents (passkey.py), packed with the corpus or each whole in its own row (`passkey_placement`
+    "row": `passkey_rows`); with `vocab_size`, every token id of the data is checked against it first."""
+    if data == "pystdlib" and passkey_share and passkey_placement == "row":
+        docs = load_corpus("train")
+        dataset = PackedDataset(torch.cat([pack(docs, seq_len), passkey_rows(docs, passkey_share, seq_len, seed)]),
+                                seed=seed)
+        tokens = dataset.tokens
+    elif data == "pystdlib" and passkey_share:
         docs = load_corpus("train")
         n_real = sum(len(d.encode()) for d in docs)
         extra = passkey.training_documents(docs, round(n_real * passkey_share / (1 - passkey_share)), seq_len,

@@ -120,7 +120,8 @@ def make_optimizer(model, cfg: TrainConfig, device: torch.device | str = "cpu") 
 def load_dataset(cfg: TrainConfig, vocab_size: int | None = None):
     """The training rows of `cfg` (with its share of code-passkey documents); with `vocab_size`, every token id of the
     data is checked against it first."""
-    return training_rows(cfg.data, cfg.seq_len, cfg.seed, vocab_size, passkey_share=cfg.passkey_share)
+    return training_rows(cfg.data, cfg.seq_len, cfg.seed, vocab_size, passkey_share=cfg.passkey_share,
+                         passkey_placement=cfg.passkey_placement)
 
 
 def validation_rows(cfg: TrainConfig, vocab_size: int | None = None) -> torch.Tensor | None:

@@ -27,6 +27,7 @@ from .rope import interpolation_factor, linear_scaling
 METHODS = ("full", "lora", "lora_plus")
 PRECISIONS = ("fp32", "bf16")
 LR_SCHEDULES = ("constant", "cosine")
+PASSKEY_PLACEMENTS = ("packed", "row")
 FLOAT_FIELDS = ("lr", "min_lr_ratio", "passkey_share", "weight_decay", "clip", "lora_alpha", "lora_dropout",
                 "group_size_ratio", "rope_factor")
 
@@ -69,6 +70,8 @@ class TrainConfig:
     data: str = _opt("pystdlib", "\"pystdlib\" (the shipped corpus, byte tokens) or a token .bin file (uint16)")
     passkey_share: float = _opt(0.0, "pystdlib only: this fraction of the training tokens are code-passkey "
                                          "documents")
+    passkey_placement: str = _opt("packed", "packed: passkey documents packed end to end with the corpus (a long "
+                                            "one is often cut by a row boundary); row: each whole inside one row")
     eval_data: str | None = _opt(None, "validation tokens (.bin); None = pystdlib's validation split if data is "
                                        "pystdlib")
     save_every: int = _opt(0, "checkpoint every N steps (0 = only at the end)")
@@ -131,6 +134,9 @@ class TrainConfig:
                 raise UserInputError(f"TrainConfig.{name} must be a non-negative integer, got {value!r}")
 
     def _check_schedule_and_data(self) -> None:
+        if self.passkey_placement not in PASSKEY_PLACEMENTS:
+            raise UserInputError(f"TrainConfig.passkey_placement must be one of {PASSKEY_PLACEMENTS}, got "
+                                 f"{self.passkey_placement!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise UserInputError(f"TrainConfig.lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if not 0 <= self.min_lr_ratio <= 1:

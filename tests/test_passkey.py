@@ -99,3 +99,21 @@ def test_accuracy_of_an_oracle_and_of_a_wrong_key():
     assert rows[0]["accuracy"] == 0.0
     with pytest.raises(UserInputError, match="passkey format"):
         passkey_accuracy(CodeOracle(), tok, [128], format="english", progress=False)
+
+
+def test_row_placement_keeps_every_passkey_document_whole():
+    plain = load_dataset(TrainConfig(base="tiny", seq_len=256))
+    rows = load_dataset(TrainConfig(base="tiny", seq_len=256, passkey_share=0.02, passkey_placement="row"))
+    extra = rows.tokens[plain.tokens.shape[0]:]
+    assert torch.equal(rows.tokens[:plain.tokens.shape[0]], plain.tokens)  # the corpus rows are unchanged
+    doc_tokens = 0
+    for row in extra:
+        text = bytes(row.tolist()).decode(errors="replace")
+        m = re.search(r"\x00(KEY = (\d{5})\n.*?assert KEY == (\d{5})\n)\x00", text, flags=re.S)
+        assert m and m.group(2) == m.group(3)  # one whole document, EOS on both sides, inside the row
+        doc_tokens += len(m.group(1).encode())
+    assert doc_tokens / rows.tokens.numel() == pytest.approx(0.02, abs=0.001)
+    again = load_dataset(TrainConfig(base="tiny", seq_len=256, passkey_share=0.02, passkey_placement="row"))
+    assert torch.equal(again.tokens, rows.tokens)
+    with pytest.raises(UserInputError, match="passkey_placement"):
+        TrainConfig(base="tiny", passkey_placement="middle")
