@@ -21,7 +21,7 @@ from .errors import UserInputError, finite_float
 from .hf import from_hf
 from .lora import apply_lora, apply_lora_plus
 from .model import Llama
-from .patterns import block_of, head_chunks
+from .patterns import N_SINK, block_of, head_chunks
 from .rope import interpolation_factor, linear_scaling
 
 METHODS = ("full", "lora", "lora_plus")
@@ -64,6 +64,7 @@ class TrainConfig:
     attention: str = _opt("full", "training attention: full, s2 (S2-Attn), or any pattern of patterns.PATTERNS")
     s2_variant: str = _opt("split", "how the shifted half of the heads is grouped (Table 8)")
     group_size_ratio: float = _opt(0.25, "S2-Attn group size / seq_len (App. B.2: 1/4)")
+    n_sink: int = _opt(N_SINK, "short_sink / s2_sink: every query also reads the first n_sink tokens (StreamingLLM)")
     rope_factor: float | None = _opt(None, "linear position interpolation; None = ceil(seq_len / base context) past it")
     gradient_checkpointing: bool | None = _opt(None, "None = on with CUDA, off on the CPU")
     precision: str | None = _opt(None, "fp32 | bf16 (autocast); None = bf16 on CUDA, fp32 on the CPU")
@@ -120,7 +121,7 @@ class TrainConfig:
                                  f"{self.data!r}, set eval_data (--eval-data FILE.bin), or eval_every = 0")
 
     def _check_counts(self) -> None:
-        positive = ("seq_len", "steps", "batch_size", "grad_accum", "lora_r", "eval_windows", "log_every")
+        positive = ("seq_len", "steps", "batch_size", "grad_accum", "lora_r", "eval_windows", "log_every", "n_sink")
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -214,7 +215,7 @@ def resolve_model_config(cfg: TrainConfig) -> tuple[LlamaConfig, bool]:
         elif cfg.rope_factor is None:
             scaling = _interpolated(base, linear_scaling(interpolation_factor(cfg.seq_len, base.max_seq_len)))
     config = base.replace(max_seq_len=max_seq_len, rope_scaling=scaling, attention=cfg.attention,
-                          s2_variant=cfg.s2_variant, group_size_ratio=cfg.group_size_ratio)
+                          s2_variant=cfg.s2_variant, group_size_ratio=cfg.group_size_ratio, n_sink=cfg.n_sink)
     if cfg.seq_len > config.context_length:
         raise UserInputError(f"seq_len {cfg.seq_len} exceeds the model's context of {config.context_length} tokens "
                              f"(max_seq_len {config.max_seq_len}, RoPE scaling {config.rope_scaling}); leave "
@@ -256,7 +257,7 @@ def build_model(cfg: TrainConfig, device: torch.device | str = "cpu", precision:
         model = Llama(config)
     else:
         model = from_hf(cfg.base, dtype=torch.bfloat16 if frozen_bf16 else torch.float32, **{
-            k: getattr(config, k) for k in ("rope_scaling", "attention", "s2_variant", "group_size_ratio")})
+            k: getattr(config, k) for k in ("rope_scaling", "attention", "s2_variant", "group_size_ratio", "n_sink")})
     apply_method(model, cfg)
     if frozen_bf16:  # frozen weights in bf16, everything that trains in fp32 (see train.py's docstring)
         for p in model.parameters():
