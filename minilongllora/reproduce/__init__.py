@@ -19,7 +19,7 @@
     figure5  validation perplexity against fine-tuning steps: full FT vs LoRA+, S2-Attn, at 2x
 
 Everything starts from one base model (default `data/tiny-base`: the byte-level `tiny` LLaMA, 3,295,488 parameters
-without the embedding, pretrained at L = 256 tokens by the `pretrain-tiny` recipe) and the shipped pystdlib corpus
+with the embedding, pretrained at L = 256 tokens by the `pretrain-tiny` recipe) and the shipped pystdlib corpus
 (train split for fine-tuning, validation split for every number). Each row is a context-extension fine-tuning run
 with linear position interpolation by (target / L), then evaluated with full attention (as the paper tests) unless
 the table says otherwise. The contexts are the paper's as multiples of the base's: its 8192 / 16384 / 32768 are 2x /
