@@ -119,6 +119,7 @@ def main(argv=None) -> None:
         "epochs_of_train_split": tokens / corpus_tokens("train", CONTEXT).numel(),
         "schedule": {k: run["train_config"][k] for k in ("lr", "lr_schedule", "min_lr_ratio", "warmup_steps",
                                                          "weight_decay", "betas", "passkey_share")},
+        "passkey_placement": run["train_config"].get("passkey_placement", "packed"),
         "train_seconds": metrics[-1].get("seconds"), "final_train_loss": metrics[-1]["loss"],
         "convergence": convergence(curve, steps),
         "val_curve": [{**c, "val_window_ppl": round(math.exp(c["val_loss"]), 4)} for c in curve],

@@ -190,6 +190,9 @@ def check_resumable(saved: dict, cfg: TrainConfig, world: int) -> None:
     if cfg.lr_schedule == "cosine" and old.steps != cfg.steps:  # the decay is spread over `steps`
         raise UserInputError(f"cannot resume: a cosine schedule decays over steps = {old.steps}; this run asks for "
                              f"{cfg.steps}")
+    if cfg.group_schedule != "none" and old.steps != cfg.steps:  # so is the growth of the groups
+        raise UserInputError(f"cannot resume: group_schedule {cfg.group_schedule!r} grows the groups over steps = "
+                             f"{old.steps}; this run asks for {cfg.steps}")
     global_batch = cfg.batch_size * cfg.grad_accum * world
     if saved["global_batch"] != global_batch:
         raise UserInputError(f"cannot resume: the checkpoint's global batch is {saved['global_batch']}, this run's "

@@ -6,7 +6,9 @@ the transformers-5 form with `rope_parameters` and the older one with top-level 
 
 The attention fields (`attention`, `s2_variant`, `group_size_ratio`, `eval_attention`) are LongLoRA's: which pattern
 the model *trains* with (§3.2, Tables 6 and 8) and which it evaluates with (full attention by default, as in the
-paper; Table 6's first row evaluates with the training pattern).
+paper; Table 6's first row evaluates with the training pattern); `n_sink` belongs to the sink patterns (patterns.py).
+`config.json` (`to_hf_dict`) stores none of them: a loaded model has the defaults unless told otherwise
+(`from_hf(path, attention="s2_sink", n_sink=4)`; a training run passes its TrainConfig's).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 
 from .attention import S2_VARIANTS, group_size
 from .errors import UserInputError, finite_float
+from .patterns import N_SINK, pattern_variants
 from .patterns import PATTERNS as ATTENTION_PATTERNS
 from .rope import effective_context, normalize_rope_scaling
 
@@ -30,6 +33,9 @@ def check_attention_settings(owner: str, attention: str, s2_variant: str, group_
         raise UserInputError(f"{owner}.attention must be one of {ATTENTION_PATTERNS}, got {attention!r}")
     if s2_variant not in S2_VARIANTS:
         raise UserInputError(f"{owner}.s2_variant must be one of {S2_VARIANTS}, got {s2_variant!r}")
+    if s2_variant not in pattern_variants(attention):
+        raise UserInputError(f"{owner}.attention {attention!r} is defined for s2_variant "
+                             f"{pattern_variants(attention)} only, got {s2_variant!r}")
     if not 0 < group_size_ratio <= 1:
         raise UserInputError(f"{owner}.group_size_ratio must be in (0, 1], got {group_size_ratio!r}")
 
@@ -51,13 +57,14 @@ class LlamaConfig:
     attention: str = "full"  # one of ATTENTION_PATTERNS; "s2" is S2-Attn
     s2_variant: str = "split"  # how the shifted heads are grouped (Table 8): split | roll | roll_up | swap
     group_size_ratio: float = 0.25  # group size as a fraction of the training sequence length (App. B.2: 1/4)
+    n_sink: int = N_SINK  # short_sink / s2_sink: every query also reads the first n_sink tokens (StreamingLLM: 4)
     eval_attention: str = "full"  # pattern in eval mode / generation: "full" (the paper) or "train" (= attention)
     extra: dict[str, Any] = field(default_factory=dict, repr=False)  # unknown HF config keys, kept for round trips
 
     def __post_init__(self):
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
-        for name in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "max_seq_len"):
+        for name in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "max_seq_len", "n_sink"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise UserInputError(f"LlamaConfig.{name} must be a positive integer, got {value!r}")

@@ -10,7 +10,10 @@ product of N numbers 2·N. Attention is counted as the dense products it runs, w
     full attention:  4 · n² · h · d_head per layer         (q·kᵀ: 2·n·n·d per head, probs·v: the same)
     S2-Attn:         4 · n · G · h · d_head per layer       (n / G groups of G tokens; G = n/4 by default)
 
-so S2-Attn divides the attention term by n / G = 4 and leaves every other term unchanged.
+so S2-Attn divides the attention term by n / G = 4 and leaves every other term unchanged. A sink pattern's queries
+also span the n_sink sink keys: 4 · n · (G + n_sink) · h · d_head. `run_flops` adds up a whole run whose steps
+attend differently (the remedies of issue 16: full-attention steps, growing groups) against full attention at every
+step; backward costs about twice the forward for every term, so the ratios hold for training too.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 from .attention import group_size
 from .config import LlamaConfig
 from .errors import UserInputError
+from .patterns import SINK_PATTERNS
 
 TERA = 1e12
 
@@ -44,6 +48,26 @@ def flops_breakdown(config: LlamaConfig, context: int, group_size_ratio: float |
     row["total_full"] = attn_full + proj + ffn_flops + others
     row["total_s2"] = attn_s2 + proj + ffn_flops + others
     return {k: (v if k == "context" else v / TERA) for k, v in row.items()}
+
+
+def step_keys(pattern: str, context: int, group: int, n_sink: int = 0) -> int:
+    """Keys each query spans in the products counted above: the whole context for full attention, its group for a
+    grouped pattern, plus the n_sink sink keys for a sink pattern."""
+    if pattern == "full":
+        return context
+    return group + (n_sink if pattern in SINK_PATTERNS else 0)
+
+
+def run_flops(config: LlamaConfig, context: int, keys_per_step: list[int]) -> dict:
+    """TFLOPs of a run's forward passes, one sequence of `context` tokens per step, step s's queries spanning
+    keys_per_step[s] keys (`step_keys`): each step's, their sum, the sum with full attention at every step, and the
+    ratio (a remedy is worth having only if it keeps most of S2-Attn's saving)."""
+    row = flops_breakdown(config, context)
+    others = row["proj"] + row["ffn"] + row["others"]
+    per_key = row["attn_full"] / context  # the attention term is linear in the keys per query
+    steps = [others + per_key * keys for keys in keys_per_step]
+    full = len(steps) * row["total_full"]
+    return {"step_tflops": steps, "tflops": sum(steps), "tflops_full": full, "relative_to_full": sum(steps) / full}
 
 
 def format_flops_table(rows: list[dict]) -> str:

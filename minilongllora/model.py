@@ -118,7 +118,7 @@ class Attention(nn.Module):
             out = causal_attention(q, k, v)
         else:  # LongLoRA training attention: groups of G = ratio · n tokens, half the heads shifted (§3.2)
             out = sparse_attention(q, k, v, pattern, cfg.group_size(x.shape[1]), variant=cfg.s2_variant,
-                                   layer_idx=self.layer_idx)
+                                   layer_idx=self.layer_idx, n_sink=cfg.n_sink)
         return self.o_proj(rearrange(out, "b h n d -> b n (h d)"))
 
 
@@ -221,7 +221,7 @@ class Llama(nn.Module):
             q, k, _ = layer.self_attn.qkv(layer.input_layernorm(x), cos, sin)
             if pattern != "full":
                 mask = attention_mask(pattern, n, cfg.group_size(n), cfg.n_heads, variant=cfg.s2_variant,
-                                      layer_idx=layer.self_attn.layer_idx).to(x.device)
+                                      layer_idx=layer.self_attn.layer_idx, n_sink=cfg.n_sink).to(x.device)
             maps.append(attention_probs(q, k, mask))
             x = layer(x, cos, sin, pattern)
         return maps

@@ -20,8 +20,16 @@ that is ≤ round(√n). "local" (not a LongLoRA pattern): a sliding window, eve
 i − G < j ≤ i (Longformer, Mistral). Used here to test a trained model with everything further back than G masked:
 how far back can a model that was fine-tuned with groups of n/4 read? (notebook 08).
 
-einops axes as in attention.py; c head chunks, m tokens per stride class. A fast path takes (q, k, v, G, variant,
-layer_idx) for one chunk of heads; a mask takes (t = arange(n), G, variant, layer_idx) and returns (n, n) bool.
+Sinks (beyond the paper). "short_sink" and "s2_sink" are "short" and "s2" (split variant only) in which every query
+also reads the first n_sink tokens of the sequence that are not after it; a sink inside its own group is still one
+key, read once. Trained models park much of their attention on the first few tokens ("attention sinks", StreamingLLM,
+Xiao et al. 2023, which keeps 4: the default); in grouped training every group but the first lacks them, at test time
+full attention shows them again. SinkLoRA (Zhang 2024) adds such global tokens to S2-Attn. n_sink reaches the rules
+as their last argument (`sparse_attention(..., n_sink=)`, `LlamaConfig.n_sink`); the other rules ignore it.
+
+einops axes as in attention.py; c head chunks, m tokens per stride class, s sink tokens. A fast path takes (q, k, v,
+G, variant, layer_idx, n_sink) for one chunk of heads; a mask takes (t = arange(n), G, variant, layer_idx, n_sink) and
+returns (n, n) bool.
 """
 
 from __future__ import annotations
@@ -31,12 +39,14 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-from einops import rearrange
+from einops import rearrange, repeat
 
 from .attention import (S2_VARIANTS, sdpa, attend_by_head_chunks, causal_attention, check_groups, check_length,
                         check_qk, group, grouped, shifted, ungroup)
 
 BLOCK_SPARSE_CHUNKS = 4  # Fig. 7's "n = 4": block_sparse's heads in 4 chunks, chunk j reading j blocks back
+N_SINK = 4  # sink tokens of the sink patterns (StreamingLLM keeps the first 4)
+SINK_PATTERNS = ("short_sink", "s2_sink")
 
 
 # fast paths of the ablation patterns (each takes one chunk of query heads and the kv heads they read) ------------
@@ -88,6 +98,46 @@ def _strided(q, k, v) -> torch.Tensor:
     return rearrange(sdpa(q, k, v), "(b s) h m d -> b h (m s) d", b=b)
 
 
+def _groups_with_sinks(q, k, v, G: int, n_sink: int, start: int, end: int) -> torch.Tensor:
+    """Queries [start, end) in groups of G (start ≥ n_sink: every sink lies in their past), each group reading the
+    n_sink sinks and itself causally. One SDPA call over keys [sinks | group] under a (G, n_sink + G) mask, so the
+    softmax runs jointly over the sink keys and the group's keys: (b, h, end − start, d)."""
+    b, g = q.shape[0], (end - start) // G
+
+    def keys(t):  # ((b g), k, s + G, d): the sinks in front of every group's keys
+        sinks = repeat(t[:, :, :n_sink], "b k s d -> (b g) k s d", g=g)
+        return torch.cat([sinks, group(t[:, :, start:end], G)], dim=2)
+
+    r, c = torch.arange(G, device=q.device)[:, None], torch.arange(n_sink + G, device=q.device)[None, :]
+    mask = c <= r + n_sink  # (G, s + G): query r reads every sink, then the group's keys up to itself
+    return ungroup(sdpa(group(q[:, :, start:end], G), keys(k), keys(v), mask=mask), b)
+
+
+def _causal_prefix_then_sinks(q, k, v, n_sink: int, m: int, groups: list[tuple[int, int, int]]) -> torch.Tensor:
+    """A group that starts before n_sink reads, through the sinks, every token before it: all such groups together
+    are causal attention over [0, m), m the first group start ≥ n_sink. Then each (G, start, end) of `groups`, a run
+    of groups of G that start at or after m, reads the sinks and itself (`_groups_with_sinks`)."""
+    parts = [sdpa(q[:, :, :m], k[:, :, :m], v[:, :, :m])]
+    parts += [_groups_with_sinks(q, k, v, G, n_sink, start, end) for G, start, end in groups if start < end]
+    return torch.cat(parts, dim=2)
+
+
+def _short_sink(q, k, v, G: int, n_sink: int) -> torch.Tensor:
+    """Pattern 1 (groups [0, G), [G, 2G), …) plus the first n_sink tokens."""
+    n = q.shape[2]
+    m = min(n, -(-n_sink // G) * G)  # group starts are multiples of G
+    return _causal_prefix_then_sinks(q, k, v, n_sink, m, [(G, m, n)])
+
+
+def _split_sink(q, k, v, G: int, n_sink: int) -> torch.Tensor:
+    """Pattern 2, split (groups [0, s), [s, 3s), …, [n − s, n)) plus the first n_sink tokens."""
+    n, s = q.shape[2], G // 2
+    m = min(n, s + -(-max(0, n_sink - s) // G) * G)  # group starts are 0, s, s + G, …, n − s
+    if m > n - s:  # no group starts at or after n_sink: causal attention throughout
+        return _causal_prefix_then_sinks(q, k, v, n_sink, n, [])
+    return _causal_prefix_then_sinks(q, k, v, n_sink, m, [(G, m, n - s), (s, n - s, n)])
+
+
 # masks: which key each query reads, from token positions alone ---------------------------------------------------
 def _in_group_causal(group: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     """(n, n): query i reads key j iff they share a group and j comes no later than i in the group's order."""
@@ -120,29 +170,46 @@ def _stride_mask(t: torch.Tensor) -> torch.Tensor:
     return (j <= i) & ((i - j) % stride_of(len(t)) == 0)
 
 
+def _sink_mask(base: torch.Tensor, t: torch.Tensor, n_sink: int) -> torch.Tensor:
+    """`base`, and every query reads the first n_sink tokens that are not after it (one that `base` already lets it
+    read stays one key: the union counts it once)."""
+    i, j = t[:, None], t[None, :]
+    return base | ((j < n_sink) & (j <= i))
+
+
 # the table ---------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Rule:
-    """What one chunk of heads reads: its fast path and its mask. `span`: the sequence must be a multiple of span·G."""
+    """What one chunk of heads reads: its fast path and its mask. `span`: the sequence must be a multiple of span·G.
+    `variants`: the S2 variants the rule is defined for."""
 
-    fast: Callable[..., torch.Tensor]  # (q, k, v, G, variant, layer_idx) -> (b, heads of the chunk, n, d)
-    mask: Callable[..., torch.Tensor]  # (t, G, variant, layer_idx) -> (n, n) bool
+    fast: Callable[..., torch.Tensor]  # (q, k, v, G, variant, layer_idx, n_sink) -> (b, heads of the chunk, n, d)
+    mask: Callable[..., torch.Tensor]  # (t, G, variant, layer_idx, n_sink) -> (n, n) bool
     span: int = 1
+    variants: tuple[str, ...] = S2_VARIANTS
 
 
-P1 = Rule(lambda q, k, v, G, var, layer: grouped(q, k, v, G), lambda t, G, var, layer: _in_group_causal(t // G, t))
-P2 = Rule(lambda q, k, v, G, var, layer: shifted(q, k, v, G, var), lambda t, G, var, layer: _shifted_mask(t, G, var))
-ALTERNATE = Rule(lambda q, k, v, G, var, layer: (P2 if layer % 2 else P1).fast(q, k, v, G, var, layer),
-                 lambda t, G, var, layer: (P2 if layer % 2 else P1).mask(t, G, var, layer))
-DILATED = Rule(lambda q, k, v, G, var, layer: _dilated2(q, k, v, G),
-               lambda t, G, var, layer: _in_group_causal(t // (2 * G) * 2 + t % 2, t), span=2)
-LOCAL = Rule(lambda q, k, v, G, var, layer: _local(q, k, v, G), lambda t, G, var, layer: _window_mask(t, G))
-STRIDED = Rule(lambda q, k, v, G, var, layer: _strided(q, k, v), lambda t, G, var, layer: _stride_mask(t))
+P1 = Rule(lambda q, k, v, G, var, layer, sink: grouped(q, k, v, G),
+          lambda t, G, var, layer, sink: _in_group_causal(t // G, t))
+P2 = Rule(lambda q, k, v, G, var, layer, sink: shifted(q, k, v, G, var),
+          lambda t, G, var, layer, sink: _shifted_mask(t, G, var))
+ALTERNATE = Rule(lambda q, k, v, G, var, layer, sink: (P2 if layer % 2 else P1).fast(q, k, v, G, var, layer, sink),
+                 lambda t, G, var, layer, sink: (P2 if layer % 2 else P1).mask(t, G, var, layer, sink))
+DILATED = Rule(lambda q, k, v, G, var, layer, sink: _dilated2(q, k, v, G),
+               lambda t, G, var, layer, sink: _in_group_causal(t // (2 * G) * 2 + t % 2, t), span=2)
+LOCAL = Rule(lambda q, k, v, G, var, layer, sink: _local(q, k, v, G),
+             lambda t, G, var, layer, sink: _window_mask(t, G))
+STRIDED = Rule(lambda q, k, v, G, var, layer, sink: _strided(q, k, v),
+               lambda t, G, var, layer, sink: _stride_mask(t))
+SINK_P1 = Rule(lambda q, k, v, G, var, layer, sink: _short_sink(q, k, v, G, sink),
+               lambda t, G, var, layer, sink: _sink_mask(_in_group_causal(t // G, t), t, sink))
+SINK_P2 = Rule(lambda q, k, v, G, var, layer, sink: _split_sink(q, k, v, G, sink),
+               lambda t, G, var, layer, sink: _sink_mask(_shifted_mask(t, G, "split"), t, sink), variants=("split",))
 
 
 def _back(j: int) -> Rule:
-    return Rule(lambda q, k, v, G, var, layer: _block_back(q, k, v, G, j),
-                lambda t, G, var, layer: _block_back_mask(t, G, j))
+    return Rule(lambda q, k, v, G, var, layer, sink: _block_back(q, k, v, G, j),
+                lambda t, G, var, layer, sink: _block_back_mask(t, G, j))
 
 
 RULES: dict[str, tuple[Rule, ...]] = {  # pattern → the rule of each equal chunk of heads, first chunk first
@@ -154,6 +221,8 @@ RULES: dict[str, tuple[Rule, ...]] = {  # pattern → the rule of each equal chu
     "block_sparse": tuple(_back(j) for j in range(BLOCK_SPARSE_CHUNKS)),
     "stride_sparse": (LOCAL, STRIDED),
     "local": (LOCAL,),
+    "short_sink": (SINK_P1,),
+    "s2_sink": (SINK_P1, SINK_P2),
 }
 PATTERNS = ("full", *RULES)
 HEAD_CHUNKS = {name: len(rules) for name, rules in RULES.items()}
@@ -169,7 +238,17 @@ def block_of(pattern: str, group_size: int) -> int:
     return max(rule.span for rule in RULES[pattern]) * group_size
 
 
-def check_pattern(pattern: str, group_size: int, n_heads: int, variant: str) -> None:
+def group_sizes(pattern: str, seq_len: int) -> list[int]:
+    """Every group size `pattern` can tile `seq_len` tokens with: even, ≥ 2, seq_len a multiple of its block."""
+    return [G for G in range(2, seq_len + 1, 2) if seq_len % block_of(pattern, G) == 0]
+
+
+def pattern_variants(pattern: str) -> tuple[str, ...]:
+    """The S2 variants `pattern` is defined for: all of them, but the split variant only for s2_sink."""
+    return tuple(v for v in S2_VARIANTS if all(v in rule.variants for rule in RULES.get(pattern, ())))
+
+
+def check_pattern(pattern: str, group_size: int, n_heads: int, variant: str, n_sink: int = N_SINK) -> None:
     if pattern not in PATTERNS:
         raise ValueError(f"pattern {pattern!r} is unknown; expected one of {PATTERNS}")
     if pattern == "full":
@@ -177,17 +256,25 @@ def check_pattern(pattern: str, group_size: int, n_heads: int, variant: str) -> 
             raise ValueError(f"variant {variant!r} is unknown; expected one of {S2_VARIANTS}")
         return
     check_groups(group_size, n_heads, head_chunks(pattern), pattern, variant)
+    if variant not in pattern_variants(pattern):
+        raise ValueError(f"pattern {pattern!r} is defined for variant {pattern_variants(pattern)} only, "
+                         f"got variant {variant!r}")
+    if not isinstance(n_sink, int) or isinstance(n_sink, bool) or n_sink < 1:
+        raise ValueError(f"n_sink {n_sink!r} must be a positive integer (the sink tokens of {SINK_PATTERNS})")
 
 
 def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: str, group_size: int, *,
-                     variant: str = "split", layer_idx: int = 0, pad: bool = False) -> torch.Tensor:
-    """Attention under one of PATTERNS (module docstring), by its fast grouped path: (b, h, n, d). "full" ignores G."""
+                     variant: str = "split", layer_idx: int = 0, pad: bool = False,
+                     n_sink: int = N_SINK) -> torch.Tensor:
+    """Attention under one of PATTERNS (module docstring), by its fast grouped path: (b, h, n, d). "full" ignores G,
+    every pattern but the sink ones ignores n_sink."""
     check_qk(q, k, v)
-    check_pattern(pattern, group_size, q.shape[1], variant)
+    check_pattern(pattern, group_size, q.shape[1], variant, n_sink)
     if pattern == "full":
         return causal_attention(q, k, v)
     block = block_of(pattern, group_size)
     if not pad:
         check_length(q.shape[2], group_size, block, hint="; pass pad=True to pad the sequence")
-    fns = [lambda q, k, v, rule=rule: rule.fast(q, k, v, group_size, variant, layer_idx) for rule in RULES[pattern]]
+    fns = [lambda q, k, v, rule=rule: rule.fast(q, k, v, group_size, variant, layer_idx, n_sink)
+           for rule in RULES[pattern]]
     return attend_by_head_chunks(fns, q, k, v, block)

@@ -48,8 +48,8 @@ RECIPES: dict[str, TrainConfig] = {
     "pretrain-tiny": TrainConfig(
         base="tiny", out_dir="runs/pretrain-tiny", seq_len=256, steps=8400, batch_size=16, grad_accum=1, lr=1e-3,
         warmup_steps=300, lr_schedule="cosine", min_lr_ratio=0.1, weight_decay=0.1, method="full",
-        attention="full", precision="bf16", passkey_share=0.02, gradient_checkpointing=False, save_every=200,
-        eval_every=400, eval_windows=128, log_every=100,
+        attention="full", precision="bf16", passkey_share=0.02, passkey_placement="row", gradient_checkpointing=False,
+        save_every=200, eval_every=400, eval_windows=128, log_every=100,
     ),
     # ~2 min of training on 2 CPU cores: 300 steps x 4 x 1024 tokens = 1.2M tokens, S2-Attn + LoRA+, PI x4. lr 2e-4,
     # chosen on the validation split at 1024 tokens among 1e-4 / 2e-4 / 5e-4 (sliding-window perplexity 9.20 / 4.28 /

@@ -13,22 +13,23 @@ import torch
 from einops import einsum, repeat
 
 from .attention import check_length, check_qk, repeat_kv
-from .patterns import RULES, block_of, check_pattern
+from .patterns import N_SINK, RULES, block_of, check_pattern
 
 
 def attention_mask(pattern: str, seq_len: int, group_size: int, n_heads: int, *, variant: str = "split",
-                   layer_idx: int = 0) -> torch.Tensor:
+                   layer_idx: int = 0, n_sink: int = N_SINK) -> torch.Tensor:
     """(n_heads, seq_len, seq_len) bool: which key each query reads, in the original token order (True = may attend).
-    Built from token positions alone, independently of the fast paths, so the tests can use it as the oracle."""
+    Built from token positions alone, independently of the fast paths, so the tests can use it as the oracle.
+    `n_sink`: the sink tokens of the sink patterns (ignored by the others)."""
     for name, value in (("seq_len", seq_len), ("n_heads", n_heads)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    check_pattern(pattern, group_size, n_heads, variant)
+    check_pattern(pattern, group_size, n_heads, variant, n_sink)
     n, t = seq_len, torch.arange(seq_len)
     if pattern == "full":
         return (t[None, :] <= t[:, None]).expand(n_heads, n, n).clone()
     check_length(n, group_size, block_of(pattern, group_size))
-    chunks = [rule.mask(t, group_size, variant, layer_idx) for rule in RULES[pattern]]
+    chunks = [rule.mask(t, group_size, variant, layer_idx, n_sink) for rule in RULES[pattern]]
     return repeat(torch.stack(chunks), "c i j -> (c r) i j", r=n_heads // len(chunks))
 
 

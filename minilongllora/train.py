@@ -8,10 +8,12 @@ bf16 with FSDP2 on GPUs. The recipe of the paper (§4.1, App. B; the official fi
     batch 1 x 8 accumulation steps per GPU, 1000 steps, S2-Attn with groups of n/4, LoRA r=8 α=16 on q/k/v/o with
     the embedding and norms trainable (LoRA+), linear position interpolation by ceil(target / original context).
 
-The loop, per optimizer step s = 0, 1, …:  batch s of the global batch (every rank takes its own slice) → forward
-(bf16 autocast where asked) → loss / grad_accum → backward, grad_accum times → clip_grad_norm_ → NaN check →
-AdamW step → LR step → log (→ validation, → checkpoint). Checkpoints and exact resume: checkpoint.py; torchrun and
-FSDP2: distributed.py (rank r takes rows [(r·accum + j)·b, (r·accum + j + 1)·b) of the global batch at micro-step j).
+The loop, per optimizer step s = 0, 1, …:  the step's attention (`set_step_attention`: the training pattern, or
+under the remedies of `trainconfig.attention_at_step` full attention or grown groups) → batch s of the global batch
+(every rank takes its own slice) → forward (bf16 autocast where asked) → loss / grad_accum → backward, grad_accum
+times → clip_grad_norm_ → NaN check → AdamW step → LR step → log (→ validation, → checkpoint). Checkpoints and exact
+resume: checkpoint.py; torchrun and FSDP2: distributed.py (rank r takes rows [(r·accum + j)·b, (r·accum + j + 1)·b)
+of the global batch at micro-step j).
 
 Validation. Every `eval_every` steps the loop logs `val_window_loss` and `val_window_ppl`: the mean next-token loss
 over the first `eval_windows` whole, non-overlapping windows of seq_len validation tokens (in eval mode: full
@@ -52,7 +54,7 @@ from .errors import UserInputError
 from .files import write_json, write_text
 from .lora import format_parameter_report
 from .model import lm_loss
-from .trainconfig import TrainConfig, build_model
+from .trainconfig import TrainConfig, attention_at_step, build_model
 
 RUN_FILES = ("run.json", "metrics.jsonl", CHECKPOINT, CHECKPOINT_OLD, "adapter", "final")  # what a run writes
 
@@ -75,6 +77,16 @@ def lr_lambda(step: int, warmup_steps: int, schedule: str = "constant", total_st
         return 1.0
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def set_step_attention(model, cfg: TrainConfig, step: int) -> tuple[str, int]:
+    """Give the model the attention of optimizer step `step` (`attention_at_step`) and return it. Every layer reads the
+    model's one LlamaConfig, so two assignments switch them all; G / seq_len gives G back (`attention.group_size`)."""
+    pattern, group = attention_at_step(cfg, step)
+    model.config.attention = pattern
+    if pattern != "full":
+        model.config.group_size_ratio = group / cfg.seq_len
+    return pattern, group
 
 
 def seed_everything(seed: int) -> None:
@@ -226,6 +238,7 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, device: torch.device
     try:
         for step in range(start, cfg.steps):
             t0, lr = time.perf_counter(), optimizer.param_groups[0]["lr"]
+            attention, group = set_step_attention(model, cfg, step)
             loss, grad_norm = _forward_backward(model, optimizer, dataset.batch(step, global_batch), cfg, device,
                                                 autocast)
             if not (math.isfinite(loss) and math.isfinite(grad_norm)):
@@ -238,7 +251,7 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, device: torch.device
             seconds += dt
             record = {"step": step + 1, "loss": loss, "lr": lr, "grad_norm": grad_norm,
                       "tokens": (step + 1) * global_batch * cfg.seq_len, "seconds": round(seconds, 3),
-                      "tok_per_s": global_batch * cfg.seq_len / dt}
+                      "tok_per_s": global_batch * cfg.seq_len / dt, "attention": attention, "group_size": group}
             if val_rows is not None and (step + 1) % cfg.eval_every == 0:
                 val = validation_loss(model, val_rows, cfg.batch_size, device, autocast)
                 record.update(val_window_loss=val, val_window_ppl=math.exp(val))

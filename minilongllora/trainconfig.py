@@ -5,6 +5,8 @@ its 4x context extension with S2-Attn + LoRA+, and Llama-2-7B extended to 8k…1
 `--help` text in its metadata (the command line builds its flags from them). `build_model` turns a config into the
 model before its first step: the base (a preset's seeded random init, or a Hugging Face directory), the RoPE setting
 of the run (position interpolation past the base's context), and the method (LoRA / LoRA+ freeze the base).
+`attention_at_step` is the attention of each optimizer step: the training pattern, or what the two remedies for
+grouped training make of it (full-attention steps, groups that grow to the whole window; issue 16).
 """
 
 from __future__ import annotations
@@ -21,15 +23,16 @@ from .errors import UserInputError, finite_float
 from .hf import from_hf
 from .lora import apply_lora, apply_lora_plus
 from .model import Llama
-from .patterns import block_of, head_chunks
+from .patterns import N_SINK, block_of, group_sizes, head_chunks
 from .rope import interpolation_factor, linear_scaling
 
 METHODS = ("full", "lora", "lora_plus")
 PRECISIONS = ("fp32", "bf16")
 LR_SCHEDULES = ("constant", "cosine")
 PASSKEY_PLACEMENTS = ("packed", "row")
+GROUP_SCHEDULES = ("none", "grow")
 FLOAT_FIELDS = ("lr", "min_lr_ratio", "passkey_share", "weight_decay", "clip", "lora_alpha", "lora_dropout",
-                "group_size_ratio", "rope_factor")
+                "group_size_ratio", "rope_factor", "group_schedule_start")
 
 
 def _opt(default, help: str, **kw):
@@ -64,6 +67,12 @@ class TrainConfig:
     attention: str = _opt("full", "training attention: full, s2 (S2-Attn), or any pattern of patterns.PATTERNS")
     s2_variant: str = _opt("split", "how the shifted half of the heads is grouped (Table 8)")
     group_size_ratio: float = _opt(0.25, "S2-Attn group size / seq_len (App. B.2: 1/4)")
+    n_sink: int = _opt(N_SINK, "short_sink / s2_sink: every query also reads the first n_sink tokens (StreamingLLM)")
+    full_attention_every: int = _opt(0, "remedy: every k-th optimizer step (k, 2k, ...) attends fully; 0 = never")
+    group_schedule: str = _opt("none", "remedy: none | grow (after group_schedule_start of the steps the groups grow "
+                                       "linearly, in valid sizes, to the whole window: full attention at the last "
+                                       "step)")
+    group_schedule_start: float = _opt(0.5, "grow: the fraction of the steps trained with the configured groups")
     rope_factor: float | None = _opt(None, "linear position interpolation; None = ceil(seq_len / base context) past it")
     gradient_checkpointing: bool | None = _opt(None, "None = on with CUDA, off on the CPU")
     precision: str | None = _opt(None, "fp32 | bf16 (autocast); None = bf16 on CUDA, fp32 on the CPU")
@@ -108,6 +117,7 @@ class TrainConfig:
                                  f"{self.lora_alpha!r}, {self.lora_dropout!r}")
         check_attention_settings("TrainConfig", self.attention, self.s2_variant, self.group_size_ratio)
         self._check_groups()
+        self._check_remedies()
         if self.rope_factor is not None and not self.rope_factor >= 1:
             raise UserInputError(f"TrainConfig.rope_factor must be >= 1 (1 = no interpolation) or None, got "
                                  f"{self.rope_factor!r}")
@@ -120,7 +130,7 @@ class TrainConfig:
                                  f"{self.data!r}, set eval_data (--eval-data FILE.bin), or eval_every = 0")
 
     def _check_counts(self) -> None:
-        positive = ("seq_len", "steps", "batch_size", "grad_accum", "lora_r", "eval_windows", "log_every")
+        positive = ("seq_len", "steps", "batch_size", "grad_accum", "lora_r", "eval_windows", "log_every", "n_sink")
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -128,7 +138,7 @@ class TrainConfig:
         if self.seq_len < 2:
             raise UserInputError(f"TrainConfig.seq_len must be >= 2 (a token is learned from the tokens before it), "
                                  f"got {self.seq_len}")
-        for name in ("warmup_steps", "save_every", "eval_every", "seed"):
+        for name in ("warmup_steps", "save_every", "eval_every", "seed", "full_attention_every"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise UserInputError(f"TrainConfig.{name} must be a non-negative integer, got {value!r}")
@@ -159,6 +169,17 @@ class TrainConfig:
                                  f"{self.group_size_ratio} gives groups of {group} tokens (even, at least 2), which "
                                  f"must divide seq_len{' twice' if block != group else ''}")
 
+    def _check_remedies(self) -> None:
+        if self.group_schedule not in GROUP_SCHEDULES:
+            raise UserInputError(f"TrainConfig.group_schedule must be one of {GROUP_SCHEDULES}, got "
+                                 f"{self.group_schedule!r}")
+        if not 0 <= self.group_schedule_start < 1:
+            raise UserInputError(f"TrainConfig.group_schedule_start must be in [0, 1), got "
+                                 f"{self.group_schedule_start!r}")
+        if self.attention == "full" and (self.full_attention_every or self.group_schedule != "none"):
+            raise UserInputError("TrainConfig: full_attention_every and group_schedule are remedies for a sparse "
+                                 "training pattern; with attention = 'full' every step already attends fully")
+
     def replace(self, **changes) -> TrainConfig:
         return dataclasses.replace(self, **changes)
 
@@ -169,6 +190,29 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+# ------------------------------------------------------------------------------------------- attention per step
+def attention_at_step(cfg: TrainConfig, step: int) -> tuple[str, int]:
+    """(pattern, group size in tokens) of optimizer step `step` (0-based); ("full", seq_len) for a full step.
+
+    The training pattern in groups of group_size(seq_len, group_size_ratio), except for the two remedies (issue 16):
+    with full_attention_every = k, steps k − 1, 2k − 1, … (every k-th) attend fully; with group_schedule = "grow",
+    once the fraction of training done after the step, (step + 1) / steps, passes group_schedule_start, the group
+    follows a line from the configured size to seq_len at the last step, each step taking the largest size the
+    pattern can tile seq_len with (`patterns.group_sizes`) that is not above the line, and the whole window is full
+    attention. A pure function of (cfg, step): a resumed run attends exactly as an uninterrupted one."""
+    n = cfg.seq_len
+    if cfg.attention == "full" or (cfg.full_attention_every and (step + 1) % cfg.full_attention_every == 0):
+        return "full", n
+    base = group_size(n, cfg.group_size_ratio)
+    if cfg.group_schedule == "none":
+        return cfg.attention, base
+    done = (step + 1) / cfg.steps
+    line = base + max(0.0, done - cfg.group_schedule_start) / (1 - cfg.group_schedule_start) * (n - base)
+    if line >= n - 1e-9:  # the last step: the whole window
+        return "full", n
+    return cfg.attention, max(G for G in group_sizes(cfg.attention, n) if base <= G <= line + 1e-9)
 
 
 # ------------------------------------------------------------------------------------------------------ the model
@@ -214,7 +258,7 @@ def resolve_model_config(cfg: TrainConfig) -> tuple[LlamaConfig, bool]:
         elif cfg.rope_factor is None:
             scaling = _interpolated(base, linear_scaling(interpolation_factor(cfg.seq_len, base.max_seq_len)))
     config = base.replace(max_seq_len=max_seq_len, rope_scaling=scaling, attention=cfg.attention,
-                          s2_variant=cfg.s2_variant, group_size_ratio=cfg.group_size_ratio)
+                          s2_variant=cfg.s2_variant, group_size_ratio=cfg.group_size_ratio, n_sink=cfg.n_sink)
     if cfg.seq_len > config.context_length:
         raise UserInputError(f"seq_len {cfg.seq_len} exceeds the model's context of {config.context_length} tokens "
                              f"(max_seq_len {config.max_seq_len}, RoPE scaling {config.rope_scaling}); leave "
@@ -256,7 +300,7 @@ def build_model(cfg: TrainConfig, device: torch.device | str = "cpu", precision:
         model = Llama(config)
     else:
         model = from_hf(cfg.base, dtype=torch.bfloat16 if frozen_bf16 else torch.float32, **{
-            k: getattr(config, k) for k in ("rope_scaling", "attention", "s2_variant", "group_size_ratio")})
+            k: getattr(config, k) for k in ("rope_scaling", "attention", "s2_variant", "group_size_ratio", "n_sink")})
     apply_method(model, cfg)
     if frozen_bf16:  # frozen weights in bf16, everything that trains in fp32 (see train.py's docstring)
         for p in model.parameters():

@@ -261,7 +261,8 @@ def test_training_pattern_in_train_mode_full_attention_in_eval():
 
 
 @pytest.mark.parametrize("pattern, variant", [("s2", "split"), ("s2", "swap"), ("short", "split"),
-                                              ("s2_layers", "split"), ("stride_sparse", "split")])
+                                              ("s2_layers", "split"), ("stride_sparse", "split"),
+                                              ("s2_sink", "split")])
 def test_model_training_patterns_are_causal(pattern, variant):
     """Changing tokens from position t on changes no logit before t, through every layer, while training."""
     model = randomize_(Llama(LlamaConfig.from_preset("tiny", n_layers=2, attention=pattern, s2_variant=variant)))
@@ -292,7 +293,7 @@ def test_indivisible_group_size_is_a_clear_error():
         model(torch.zeros(1, 100, dtype=torch.long))
 
 
-@pytest.mark.parametrize("pattern", ["full", "s2", "stride_sparse"])
+@pytest.mark.parametrize("pattern", ["full", "s2", "stride_sparse", "s2_sink"])
 def test_attention_maps_reproduce_the_sdpa_outputs(pattern):
     """The inspection path (explicit softmax) gives the probabilities SDPA used: probs @ v == the layer's attention."""
     from einops import einsum, repeat

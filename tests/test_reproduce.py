@@ -50,15 +50,17 @@ def test_table1_quick(base_dir, dirs, capsys):
     assert {r["setting"] for r in rows} == {"full", "short", "s2"} and {r["setting"] for r in base} == {"base+PI"}
     assert len(rows) == 9
     assert {(r["setting"], r["context"]) for r in rows} == {(s, c) for s in ("full", "short", "s2")
-                                                           for c in (256, 512, 1024)}
-    assert sorted(r["context"] for r in base) == [256, 512, 1024]  # the starting point, evaluated once per context
+                                                           for c in (128, 256, 512)}
+    assert sorted(r["context"] for r in base) == [128, 256, 512]  # the starting point, evaluated once per context
     assert all(r["ppl"] > 1 and len(r["loss_bins"]) == rep.LOSS_BINS and "run" not in r for r in base)
     for r in rows:
         assert r["seed"] == 0 and r["ppl"] > 1 and r["ppl_last_quarter"] > 1 and len(r["loss_quarters"]) == 4
         assert r["run"] in result["settings"]["runs"]
     settings = result["settings"]
     assert len(settings["train_configs"]) == 9 and settings["budget"]["steps"] == rep.QUICK["steps"]
-    assert {c["seq_len"]: c["rope_factor"] for c in settings["train_configs"]} == {256: 4.0, 512: 8.0, 1024: 16.0}
+    assert {c["seq_len"]: c["rope_factor"] for c in settings["train_configs"]} == {128: 2.0, 256: 4.0, 512: 8.0}
+    regime = settings["regime"]  # the test base has no pretrain_run.json: no ratios to its pretraining
+    assert regime["contexts_x_base"] == [2.0, 4.0, 8.0] and regime["lr"] == rep.LR and regime["lr_ratio"] is None
     assert all(c["method"] == "full" for c in settings["train_configs"])
     assert all(run["curve"] for run in settings["runs"].values())  # validation perplexity during training
     assert {r["setting"] for r in result["paper"]["rows"]} == {"full", "short", "s2"}
@@ -73,11 +75,11 @@ def test_table8_quick_reuses_table1_runs_and_summarizes_seeds(base_dir, dirs, ca
     assert len(rows) == 10 and {r["seed"] for r in rows} == {0, 1}
     assert {r["variant"] for r in rows} == {"full", "roll", "roll_up", "split", "swap"}
     assert all(r["ppl"] > 1 and r["ppl_last_quarter"] > 1 for r in rows)
-    at_4x = {r["setting"]: r["run"] for r in table1["rows"] if r["context"] == 256 and "run" in r}
+    at_2x = {r["setting"]: r["run"] for r in table1["rows"] if r["context"] == 128 and "run" in r}
     seed0 = {r["variant"]: r for r in rows if r["seed"] == 0}
-    assert seed0["full"]["run"] == at_4x["full"] and seed0["split"]["run"] == at_4x["s2"]  # the same runs
+    assert seed0["full"]["run"] == at_2x["full"] and seed0["split"]["run"] == at_2x["s2"]  # the same runs
     assert seed0["full"]["reused"] and seed0["split"]["reused"] and not seed0["roll"]["reused"]
-    assert seed0["split"]["ppl"] == pytest.approx(next(r["ppl"] for r in table1["rows"] if r.get("run") == at_4x["s2"]))
+    assert seed0["split"]["ppl"] == pytest.approx(next(r["ppl"] for r in table1["rows"] if r.get("run") == at_2x["s2"]))
     summary = {s["variant"]: s for s in result["summary"]}
     assert set(summary) == {"full", "roll", "roll_up", "split", "swap"}
     assert all(s["seeds"] == [0, 1] and s["ppl_std"] >= 0 and s["ppl_last_quarter_mean"] > 1

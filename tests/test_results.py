@@ -27,10 +27,15 @@ def test_results_files_are_full_runs_with_their_command(result):
     assert result["quick"] is False
     assert result["command"].startswith(f"python -m minilongllora reproduce {name} ")
     assert result["machine"]["torch"] and result["seconds"] >= 0
-    if name != "table11":
-        assert result["settings"]["budget"]["steps"] == rep.STEPS
-        assert all(c["steps"] == rep.STEPS for c in result["settings"]["train_configs"])
-        assert all(c["lr"] in (*rep.LR.values(), *rep.T1_LR) for c in result["settings"]["train_configs"])
+    if name != "table11":  # every run of a file has the budget the file records
+        budget = result["settings"]["budget"]
+        assert all(c["steps"] == budget["steps"] for c in result["settings"]["train_configs"])
+        assert all(c["lr"] in (*budget["lr"].values(), *rep.T1_LR) for c in result["settings"]["train_configs"])
+    if "regime" in result["settings"]:  # made in the regime: today's plan, within its ratios to the base
+        regime = result["settings"]["regime"]
+        assert result["settings"]["budget"]["steps"] == rep.STEPS and regime["lr"] == rep.LR
+        assert regime["lr_ratio"] <= regime["max_lr_ratio"] + 1e-12
+        assert regime["token_ratio"] <= regime["max_token_ratio"]
 
 
 def _by(rows, **match):
@@ -44,7 +49,7 @@ def test_compare_relative_values_by_hand(result):
     assert cmp
     if name == "table1":
         for n in {r["context"] for r in rows}:
-            s2 = next(c for c in cmp if c["label"].startswith(f"s2 @ {n} "))
+            s2 = next(c for c in cmp if c["setting"] == "s2" and c["context"] == n)
             assert s2["ours_rel"] == pytest.approx(_by(rows, setting="s2", context=n)
                                                    / _by(rows, setting="full", context=n) - 1, rel=1e-12)
         first = next(c for c in cmp if c["label"].startswith("short @ "))
@@ -127,3 +132,27 @@ def test_format_rows_and_a_quick_result_says_so():
 def test_missing_results_name_the_command(tmp_path):
     with pytest.raises(FileNotFoundError, match="python -m minilongllora reproduce table2"):
         results.load("table2", tmp_path)
+
+
+def test_resolve_calls_a_difference_only_beyond_twice_the_larger_standard_error():
+    from minilongllora.reproduce.compare import resolve
+
+    a = [0.9, 1.0, 1.0, 1.1]  # mean 1, sd sqrt(0.02 / 3) = 0.0816, standard error 0.0408: 2 se = 0.0816
+    assert resolve([x + 0.09 for x in a], a) == "higher" and resolve(a, [x + 0.09 for x in a]) == "lower"
+    assert resolve([x + 0.08 for x in a], a) == "not resolved"
+    assert resolve([1.5], a) == "not resolved"  # one seed: no spread, no verdict
+    assert resolve([2.0, 2.0], [1.0, 1.0]) == "higher"  # no spread at all: any difference is resolved
+
+
+def test_table1_outcome_follows_the_rule():
+    from minilongllora.reproduce.table1 import outcome
+
+    def rows(full, short, s2):
+        return [{"setting": s, "context": 512, "seed": i, "ppl": v}
+                for s, vs in (("full", full), ("short", short), ("s2", s2)) for i, v in enumerate(vs)]
+
+    full = [4.00, 4.02, 4.01]
+    assert outcome(rows(full, [4.40, 4.42, 4.41], [4.05, 4.06, 4.04]), 512)["finding"] == "agrees"
+    assert outcome(rows(full, [4.40, 4.42, 4.41], [4.30, 4.31, 4.32]), 512)["finding"] == "partly"
+    assert outcome(rows(full, [4.40, 4.42, 4.41], [4.60, 4.61, 4.62]), 512)["finding"] == "disagrees"
+    assert outcome(rows(full, [4.40, 4.42, 4.41], [4.30, 4.50, 4.41]), 512)["finding"] == "not resolved"

@@ -292,7 +292,8 @@ def test_fsdp2_two_processes_match_one(tmp_path, base_dir, method):
     then resumed to 4) give the loss curve and the weights of 1 process x batch 4, to float tolerance."""
     if method == "full":
         args = ["pretrain", "--base", "tiny", "--model-overrides", *[f"{k}={v}" for k, v in TINY.items()],
-                "--seq-len", "64", "--lr-schedule", "constant", "--weight-decay", "0", "--passkey-share", "0"]
+                "--seq-len", "64", "--lr-schedule", "constant", "--weight-decay", "0", "--passkey-share", "0",
+                "--passkey-placement", "packed"]
         cfg = full_cfg(tmp_path / "one", steps=4, batch_size=4, save_every=2)
     else:
         args = ["extend", "--base", str(base_dir), "--seq-len", "128", "--method", "lora_plus", "--attention", "s2"]

@@ -1,29 +1,30 @@
 """The paper's ablations at CPU scale, one JSON per table: `python -m minilongllora reproduce NAME [--quick]`.
 
-    table1   full-attention FT vs short attention (pattern 1 only) vs S2-Attn, at 4x / 8x / 16x the base's context
+    table1   full-attention FT vs short attention (pattern 1 only) vs S2-Attn, at 2x / 4x / 8x the base's context
              (and the starting point, "base+PI": the base with the interpolation, before fine-tuning, kept apart
              from the table's rows under "starting_point")
     table1_lr  (not in the paper) Table 1 at 4x under learning rates 1e-4, 2.5e-4, 5e-4, 1e-3, short and S2-Attn also
              tested with their own pattern: does S2-Attn's gap to full attention depend on how far fine-tuning moves?
     table1_window  (not in the paper) table1's three models at 4x tested with a sliding window of n/8, n/4, n/2 and
              with full attention: which keys break the grouped models when they are tested with full attention?
-    table2   full FT vs LoRA r = 8, 16, 32, 64 vs LoRA r=8 + norm / + embed / + norm & embed, S2-Attn, at 16x
-    table6   attention patterns (S2 across heads / layers, only P1, only P2, dilated, block / stride sparse) at 4x,
+    table2   full FT vs LoRA r = 8, 16, 32, 64 vs LoRA r=8 + norm / + embed / + norm & embed, S2-Attn, at 8x
+    table6   attention patterns (S2 across heads / layers, only P1, only P2, dilated, block / stride sparse) at 8x,
              each tested with its own pattern and with full attention
-    table7   S2-Attn group sizes 1/2, 1/4, 1/6, 1/8 of the target, and full attention, at 6x (1536 tokens: there
-             all four are even divisors, 768 / 384 / 256 / 192; at 4x the nearest valid 1/6 group would be 128 = 1/8)
+    table7   S2-Attn group sizes 1/2, 1/4, 1/6, 1/8 of the target, and full attention, at 3x (768 tokens: the
+             smallest multiple where all four are even divisors, 384 / 192 / 128 / 96)
     table8   S2-Attn variants roll (Algorithm 1), roll_up (Var 1), split (Var 2), swap (Var 3), and full attention,
-             at 4x
+             at 2x
     table11  the FLOPs of Llama-2-7B by kind at 8192 … 65536 tokens, full attention vs S2-Attn (seconds, no training)
     figure4  passkey retrieval against length: the base and the 16x model, each with and without "extended PI"
-    figure5  validation perplexity against fine-tuning steps: full FT vs LoRA+, S2-Attn, at 4x
+    figure5  validation perplexity against fine-tuning steps: full FT vs LoRA+, S2-Attn, at 2x
 
-Everything starts from one base model (default `data/tiny-base`: the byte-level `tiny` LLaMA, 3.4M parameters,
-pretrained at L = 256 tokens by the `pretrain-tiny` recipe) and the shipped pystdlib corpus (train split for
-fine-tuning, validation split for every number). Each row is a context-extension fine-tuning run with linear
-position interpolation by (target / L), then evaluated with full attention (as the paper tests) unless the table
-says otherwise. The paper's contexts 8192 / 16384 / 32768 are 2x / 4x / 8x Llama-2's 4096; ours are 4x / 8x / 16x of
-256 (1024 / 2048 / 4096 tokens), so that the short groups of the longest target still hold 1024 tokens.
+Everything starts from one base model (default `data/tiny-base`: the byte-level `tiny` LLaMA, 3,295,488 parameters
+with the embedding, pretrained at L = 256 tokens by the `pretrain-tiny` recipe) and the shipped pystdlib corpus
+(train split for fine-tuning, validation split for every number). Each row is a context-extension fine-tuning run
+with linear position interpolation by (target / L), then evaluated with full attention (as the paper tests) unless
+the table says otherwise. The contexts are the paper's as multiples of the base's: its 8192 / 16384 / 32768 are 2x /
+4x / 8x Llama 2's 4096, ours 512 / 1024 / 2048; each table at the multiple of its own in the paper (Tables 2 and 6
+and Figure 4 at 32k = 8x, Table 8 and Figure 5 at 8k = 2x, Table 7 at 3x where its four groups divide).
 
 Metrics of every row (validation split, full attention):
 * `ppl`: strided sliding-window perplexity (stride 256, every token scored once; `evaluate.perplexity`, the
@@ -36,36 +37,35 @@ Metrics of every row (validation split, full attention):
   over the first `eval_windows` packed validation windows, 8192 tokens; `val_ppl` in records made before its rename),
   kept under settings.runs[KEY].curve: the recovery from interpolation, and Figure 5's curves.
 
-Budget (one for every table, so identical settings in different tables are the same run: table1's s2 at 4x is
-table8's split and Figure 5's full FT, table6's s2 is Figure 5's LoRA+, table2's full FT is table1's s2 at 16x, and
-Figure 4's model is table2's LoRA+). Every run: 4096 tokens per step (4 x 1024, 2 x 2048, 1 x 4096, 3 x 1536),
-STEPS = 250 optimizer steps (1.0M tokens, 1/7 epoch of the train split; PILOT.md's 0.6M at lr 2e-4 did not recover
-the base's own-context quality, so this is 1.7x the tokens at 5x the rate), AdamW β = (0.9, 0.95), weight decay 0,
-20 warmup steps then constant, clip 1.0, bf16 autocast (`PRECISION`; `--precision fp32` for fp32). Learning rate
-1e-3 for every method, full fine-tuning, LoRA and LoRA+ alike, as the paper uses one rate (2e-5) for all: the base's
-pretraining rate, constant to its end, so fine-tuning continues at the rate the base finished with (the
-`extend-tiny-4x` recipe uses 5e-4: see recipes.py for why; table1_lr repeats Table 1 at 4x with 1e-4, 2.5e-4 and
-5e-4). Seeds 0 … N−1 (`--seeds N`, default 1) change the data order and the
-LoRA initialisation; each seed is its own row, `summary` gives mean and std over seeds.
+The regime (plan.py; every results file records it under settings.regime): fine-tuning small beside the base's
+own pretraining, as the paper's (about 0.03% of Llama 2's tokens at 1/15 of its peak learning rate). Every run:
+4096 tokens per step (8 x 512, 4 x 1024, 2 x 2048, 5 x 768), STEPS = 400 optimizer steps (1.64M tokens, 4.8% of the
+tiny base's 34.4M: at most 5%), learning rate 1e-4 for every method (a tenth of the base's peak 1e-3: at most a
+tenth; one rate for all, as the paper's 2e-5), AdamW β = (0.9, 0.95), weight decay 0, 20 warmup steps then constant
+(the paper's), clip 1.0, bf16 autocast (`PRECISION`; `--precision fp32` for fp32). Identical settings in different
+tables are the same run (table1's s2 at 2x is table8's split and Figure 5's full FT; table2's full FT is table1's s2
+at 8x). Seeds 0 … N−1 (`--seeds N`, default 1) change the data order and the LoRA initialisation; each seed is its
+own row, `summary` gives mean and std over seeds, and a verdict calls two rows different only when their means
+differ by more than twice the larger standard error (`compare.resolve`), "not resolved" otherwise.
 
 Estimated full-run times, 1 seed, 2 quiet cores, bf16 (train + evaluation; the model from measured fp32 tokens/s:
 8,000 tok/s at 1024 with S2 + LoRA+, 7,000 at 256 with full FT, divided by BF16_SPEEDUP; see `cost.py`). "alone"
 starts from an empty cache; "in order" runs the tables in the order listed, each reusing the runs of the ones before:
 
     table          alone   in order   runs (new in order)
-    table1          20 min   20 min     9 (9)
-    table1_lr       19 min   15 min     12 (9)
-    table1_window    5 min    1 min     3 (0)
-    table8           8 min    4 min     5 (3)
-    figure5          3 min    1 min     2 (1)
-    table6          10 min    8 min     7 (6)
-    table2          17 min   15 min     8 (7)
-    figure4          5 min    3 min     1 (0)
-    table7           9 min    9 min     5 (5)
+    table1          22 min   22 min     9 (9)
+    table1_lr       29 min   22 min     12 (9)
+    table1_window    8 min    1 min     3 (0)
+    table8          11 min    6 min     5 (3)
+    figure5          4 min    2 min     2 (1)
+    table6          17 min   17 min     7 (7)
+    table2          17 min   13 min     8 (6)
+    figure4          6 min    6 min     1 (1)
+    table7          10 min   10 min     5 (5)
     table11          0 min    0 min     0 (0)
-    all                   ~ 1 h 16 min  (40 runs of 1.0M tokens; N seeds: about N times as long)
+    all                   ~ 1 h 38 min  (41 runs of 1.6M tokens; N seeds: about N times as long)
 
-`--quick` runs every table with 2 steps of 1 sequence at contexts of 4 x 64 … 16 x 64 tokens (PI by context / L
+`--quick` runs every table with 2 steps of 1 sequence at contexts of 2 x 64 … 16 x 64 tokens (PI by context / L
 where that is above 1), 2 evaluation windows, 1 document, 1 passkey trial at 2 lengths: the mechanics in seconds
 (about 10 s for table1 with the tiny base on one thread), numbers meaningless; the JSON says "quick": true and goes
 to NAME.quick.json, so it never overwrites a full result.
@@ -175,6 +175,8 @@ def reproduce(name: str, *, quick: bool = False, seeds: int = 1, out: str | Path
 def _settings(plan: Plan, runs: dict, seeds: int, cache_dir, seconds: float, estimate: float | None) -> dict:
     return {
         "base": plan.base, "base_context": plan.base_context, "context_unit": plan.context(1),
+        "regime": {**plan.regime(), "contexts_x_base": sorted({r["config"]["seq_len"] / plan.base_context
+                                                               for r in runs.values()})},
         "seeds": list(range(seeds)), "cache_dir": str(cache_dir),
         "budget": {**plan.budget(), "per_context": per_context(runs), "runs": len(runs),
                    "tokens_all_runs": sum(r["tokens"] for r in runs.values()),

@@ -22,6 +22,33 @@ def mean(rows: list[dict], metric: str = "ppl", **match) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def values(rows: list[dict], metric: str = "ppl", **match) -> list[float]:
+    """`metric` of every row (one per seed) whose fields equal `match`."""
+    return [r[metric] for r in rows if all(r.get(k) == v for k, v in match.items())
+            and isinstance(r.get(metric), (int, float))]
+
+
+def sd(xs: list[float]) -> float | None:
+    """Sample standard deviation over seeds; None below two seeds."""
+    if len(xs) < 2:
+        return None
+    m = sum(xs) / len(xs)
+    return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
+
+
+def resolve(a: list[float], b: list[float]) -> str:
+    """The verdict rule (README "The regime"): "lower" or "higher" (a's mean against b's) only when the means differ
+    by more than twice the larger standard error (sd / sqrt(seeds)); "not resolved" otherwise, and with fewer than
+    two seeds on either side (no spread, no verdict)."""
+    if len(a) < 2 or len(b) < 2:
+        return "not resolved"
+    se = max(sd(a) / math.sqrt(len(a)), sd(b) / math.sqrt(len(b)))
+    diff = sum(a) / len(a) - sum(b) / len(b)
+    if abs(diff) <= 2 * se:
+        return "not resolved"
+    return "lower" if diff < 0 else "higher"
+
+
 def rel(value: float | None, reference: float | None) -> float | None:
     return None if value is None or not reference else value / reference - 1
 
@@ -50,8 +77,10 @@ def ppl_row(label: str, paper: float | None, paper_ref: float | None, ours_rows:
     ours, ours_lq = mean(ours_rows, "ppl", **match), mean(ours_rows, "ppl_last_quarter", **match)
     ours_3q = first3q(ours_rows, **match)
     return {"label": label, "paper": paper, "paper_rel": rel(paper, paper_ref), "ours": ours,
-            "ours_rel": rel(ours, ours_ref["ppl"]), "ours_lq": ours_lq, "ours_lq_rel": rel(ours_lq, ours_ref["lq"]),
-            "ours_3q": ours_3q, "ours_3q_rel": rel(ours_3q, ours_ref["3q"])}
+            "ours_sd": sd(values(ours_rows, "ppl", **match)), "ours_rel": rel(ours, ours_ref["ppl"]),
+            "ours_lq": ours_lq, "ours_lq_sd": sd(values(ours_rows, "ppl_last_quarter", **match)),
+            "ours_lq_rel": rel(ours_lq, ours_ref["lq"]), "ours_3q": ours_3q, "ours_3q_rel": rel(ours_3q, ours_ref["3q"]),
+            "seeds": len(values(ours_rows, "ppl", **match))}
 
 
 def paper_value(result: dict, metric: str = "ppl", **match) -> float | None:

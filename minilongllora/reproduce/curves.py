@@ -22,28 +22,35 @@ def _run_label(config: dict) -> str:
     return ", ".join(parts)
 
 
-def curves(result: dict) -> dict[str, list[tuple[int, float]]]:
+def curves(result: dict, seeds: bool = True) -> dict[str, list[tuple[int, float]]]:
     """Every run of the table: its validation perplexity (full attention, train's whole-window mean) every
-    steps/10 steps, from step 0 (the base with the run's interpolation, where the table recorded it) to the end."""
+    steps/10 steps, from step 0 (the base with the run's interpolation, where the table recorded it) to the end.
+    With several seeds each run's label ends in its seed; `seeds=False` gives one line per setting instead, the mean
+    over its seeds."""
     configs = {c["run"]: c for c in result["settings"]["train_configs"]}
-    out = {}
+    several = len(result["settings"].get("seeds", [0])) > 1
+    out: dict[str, list] = {}
     for key, run in result["settings"]["runs"].items():
         label = _run_label(configs[key])
         if configs[key].get("train_embed") is False or configs[key].get("train_norm") is False:
             label += f" (embed {configs[key]['train_embed']}, norm {configs[key]['train_norm']})"
-        out[label] = [(m["step"], window_ppl(m)) for m in run["curve"]]
-    return out
+        if several and seeds:
+            label += f", seed {configs[key].get('seed', 0)}"
+        out.setdefault(label, []).append([(m["step"], window_ppl(m)) for m in run["curve"]])
+    return {label: [(pts[0][j][0], sum(p[j][1] for p in pts) / len(pts)) for j in range(min(map(len, pts)))]
+            for label, pts in out.items()}
 
 
-def plot_curves(result: dict, select=None):
-    """Validation perplexity against fine-tuning step, one line per run (`select(label)` keeps a subset)."""
+def plot_curves(result: dict, select=None, seeds: bool = False):
+    """Validation perplexity against fine-tuning step, one line per setting, the mean over its seeds (`seeds=True`:
+    one line per run); `select(label)` keeps a subset."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(8, 4), dpi=90)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    for label, pts in curves(result).items():
+    for label, pts in curves(result, seeds).items():
         if select is None or select(label):
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=label)
     plain_log(ax)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..attention import group_size
 from ..trainconfig import TrainConfig
@@ -10,10 +12,18 @@ from ..trainconfig import TrainConfig
 DEFAULT_BASE = "data/tiny-base"
 DEFAULT_CACHE = "runs/reproduce"
 
-STEPS = 250  # optimizer steps of every fine-tuning run
+# The regime (README "The regime"): fine-tuning is small beside the base's own pretraining, as in the paper. Llama 2
+# saw ~2T tokens at a peak lr of 3e-4; LongLoRA fine-tunes ~0.5B more tokens (~0.03%) at 2e-5 (~1/15 of the peak).
+# Ours: a tenth of the base's peak lr, the most the regime allows (the paper's 1/15 would leave the interpolation
+# less recovered: in the main job's sweep, 1.2M tokens at half the rate left LoRA+ at 9.20 against 4.28; recipes.py),
+# and at most 5% of its pretraining tokens: 400 x 4096 = 1.64M of the tiny base's 34.4M (4.8%), enough that
+# full-attention fine-tuning flattens (settings.runs[KEY].curve of every results file).
+LR_RATIO = 0.1  # fine-tuning lr / the base's pretraining peak lr: at most 1/10
+MAX_TOKEN_RATIO = 0.05  # fine-tuning tokens per run / the base's pretraining tokens: at most 5%
+STEPS = 400  # optimizer steps of every fine-tuning run
 TOKENS_PER_STEP = 4096  # batch = round(4096 / context) sequences
-WARMUP_STEPS = 20
-LR = {"full": 1e-3, "lora": 1e-3, "lora_plus": 1e-3}  # one rate for every method, as the paper (2e-5 for all)
+WARMUP_STEPS = 20  # the paper's
+LR = {"full": 1e-4, "lora": 1e-4, "lora_plus": 1e-4}  # one rate for every method, as the paper (2e-5 for all)
 SAVE_EVERY = 50  # checkpoints, for resuming an interrupted run (they change nothing in the trained weights)
 CURVE_POINTS = 10  # validation (whole-window) perplexity every STEPS / 10 steps
 CURVE_TOKENS = 8192  # … over this many validation tokens (eval_windows = 8192 / context)
@@ -76,6 +86,18 @@ class Plan:
             raise ValueError(f"group {group_size} is not a valid S2-Attn group of {context} tokens (even, >= 2)")
         return cfg
 
+    def regime(self) -> dict:
+        """The regime of the plan against the base's own pretraining (its pretrain_run.json): contexts as multiples
+        of the base's, the learning rate's ratio to the base's peak, fine-tuning tokens over pretraining tokens."""
+        pre = base_pretraining(self.base)
+        tokens = self.steps * self.tokens_per_step
+        return {"base_context": self.base_context, "base_pretraining_tokens": pre.get("tokens"),
+                "base_peak_lr": pre.get("peak_lr"), "lr": dict(LR),
+                "lr_ratio": None if not pre.get("peak_lr") else max(LR.values()) / pre["peak_lr"],
+                "max_lr_ratio": LR_RATIO, "fine_tuning_tokens_per_run": tokens,
+                "token_ratio": None if not pre.get("tokens") else tokens / pre["tokens"],
+                "max_token_ratio": MAX_TOKEN_RATIO, "warmup_steps": self.warmup_steps}
+
     def budget(self) -> dict:
         return {"steps": self.steps, "target_tokens_per_step": self.tokens_per_step,
                 "batch_size": "round(target_tokens_per_step / context) sequences, at least 1 (see per_context)",
@@ -91,6 +113,17 @@ class Plan:
                 "curve": {"every_steps": self.curve_every, "tokens": CURVE_TOKENS if self.curve_windows is None
                           else f"{self.curve_windows} window(s)", "metric": "train.validation_loss (whole-window "
                           "mean over the first packed validation windows)"}}
+
+
+def base_pretraining(base: str) -> dict:
+    """{tokens, peak_lr} of the base's pretraining from its pretrain_run.json (written by data/make_base.py); {} for
+    a base without one (a test's, a user's Hugging Face model)."""
+    path = Path(base) / "pretrain_run.json"
+    if not path.is_file():
+        return {}
+    run = json.loads(path.read_text())
+    cfg = run["train_config"]
+    return {"tokens": cfg["steps"] * run["global_batch"] * cfg["seq_len"], "peak_lr": cfg["lr"]}
 
 
 def group_of(cfg) -> int | None:

@@ -30,7 +30,7 @@ from .plan import LOSS_BINS, STRIDE, Plan
 from .record import jsonable, window_ppl
 
 PACKAGE = Path(__file__).resolve().parent.parent
-NOT_RUN_CODE = ("cli.py", "__main__.py", "longlora.py", "recipes.py")  # what no reproduction run executes
+NOT_RUN_CODE = ("cli.py", "__main__.py", "longlora.py", "recipes.py", "plotting.py")  # what no run executes
 
 
 def _sha(obj) -> str:
@@ -129,7 +129,7 @@ class Runner:
         cfg = source["config"]
         if attention == "train":
             overrides.update(attention=cfg.attention, s2_variant=cfg.s2_variant,
-                             group_size_ratio=cfg.group_size_ratio, eval_attention="train")
+                             group_size_ratio=cfg.group_size_ratio, n_sink=cfg.n_sink, eval_attention="train")
         elif attention.startswith("local "):  # "local F": a sliding window of F x the evaluated length
             overrides.update(attention="local", group_size_ratio=float(attention.split()[1]), eval_attention="train")
         return from_hf(source["final"], **overrides).eval()
