@@ -79,28 +79,3 @@ def format_flops_table(rows: list[dict]) -> str:
             lines.append(f"{r['context']:>8} {'✓' if s2 else '✗':>3} {attn:>9.1f} {r['proj']:>8.1f} {r['ffn']:>8.1f} "
                          f"{r['others']:>7.1f} {total:>9.1f}")
     return "\n".join(lines)
-
-
-# the paper's measured cost of training Llama-2-7B, 1000 iterations on 8×A100 (App. B.5): (hours, peak GB) per context;
-# None where the paper prints OOM. Table 12 trains with Flash-Attention2; Table 13 without it, both with LoRA+.
-PAPER_TABLE12 = {  # "full_ft": full fine-tuning; "lora": full attention; "longlora": S2-Attn + LoRA+
-    "full_ft": {8192: (7.4, 46.3), 16384: (16.3, 57.4), 32768: (39.8, 68.8), 65536: None},
-    "lora": {8192: (6.0, 25.7), 16384: (14.0, 34.7), 32768: (36.5, 46.5), 65536: (92.5, 71.1)},
-    "longlora": {8192: (5.2, 25.6), 16384: (11.3, 34.6), 32768: (24.6, 46.4), 65536: (52.4, 69.8)},
-}
-PAPER_TABLE13 = {"full": {8192: (17.5, 55.5), 16384: None}, "s2": {8192: (8.2, 30.3), 16384: (20.8, 57.1)}}
-
-
-def speedups(rows: list[dict]) -> dict[int, dict]:
-    """Per context: the speed-up of S2-Attn that the FLOPs predict (total_full / total_s2; training ≈ 3 × forward
-    for every term, so the factor cancels) beside the paper's measured hours, LoRA / LongLoRA (Table 12) and full /
-    S2 without Flash-Attention2 (Table 13); None where the paper has no number."""
-    out = {}
-    for r in rows:
-        n = r["context"]
-        lora, longlora = PAPER_TABLE12["lora"].get(n), PAPER_TABLE12["longlora"].get(n)
-        full, s2 = PAPER_TABLE13["full"].get(n), PAPER_TABLE13["s2"].get(n)
-        out[n] = {"predicted": r["total_full"] / r["total_s2"],
-                  "table12": lora[0] / longlora[0] if lora and longlora else None,
-                  "table13": full[0] / s2[0] if full and s2 else None}
-    return out

@@ -43,10 +43,6 @@ from .model import MLP, Attention, RMSNorm
 TARGETS = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
            "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"}
 
-# the paper's Fig. 2(c), "Parameter shares for Llama 7B" with LoRA+, as printed (its rounding is the precision)
-PAPER_FIG2C = {"trainable Norm": "0.004%", "trainable Embedding": "1.94%", "frozen Head": "1.94%",
-               "trainable LoRA": "0.12%", "frozen linear projections": "96%"}
-
 
 class LoRALinear(nn.Linear):
     """h = W0 x + (α/r) · B A dropout(x), with W0 (and its bias) frozen.

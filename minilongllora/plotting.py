@@ -24,6 +24,7 @@ SETTING_COLORS = {
     # attention while training (Tables 1, 6, 7)
     "full": "black", "short": "tab:orange", "s2": "tab:blue", "shift_all": "tab:cyan", "s2_layers": "tab:purple",
     "dilated": "tab:olive", "block_sparse": "tab:brown", "stride_sparse": "tab:pink", "local": "tab:gray",
+    "short_sink": "#ffbb78", "s2_sink": "#aec7e8",  # issue 16: short / S2-Attn plus the first n_sink tokens (lighter)
     # the shifted half's variants (Table 8); "split" is S2-Attn's default, so it keeps s2's colour
     "split": "tab:blue", "roll": "tab:red", "roll_up": "#f4a582", "swap": "tab:green",
     # what trains (Table 2, notebook 04)
@@ -38,8 +39,9 @@ READ, FUTURE, ADDED, MASKED = (0.23, 0.42, 0.70), (0.85, 0.10, 0.10), (0.95, 0.5
 CHUNK_NAMES = {"s2": ("pattern 1", "pattern 2"), "short": ("pattern 1",), "shift_all": ("pattern 2",),
                "s2_layers": ("pattern 1 or 2 by layer",), "dilated": ("rate 1", "rate 2"),
                "block_sparse": ("own block", "1 block back", "2 blocks back", "3 blocks back"),
-               "stride_sparse": ("local", "strided"), "local": ("window",), "full": ("causal",)}
-SHIFTED_CHUNKS = {"s2": (1,), "shift_all": (0,)}  # the chunks whose group borders sit at G/2 + kG
+               "stride_sparse": ("local", "strided"), "local": ("window",), "full": ("causal",),
+               "short_sink": ("pattern 1 + sinks",), "s2_sink": ("pattern 1 + sinks", "pattern 2 + sinks")}
+SHIFTED_CHUNKS = {"s2": (1,), "shift_all": (0,), "s2_sink": (1,)}  # the chunks whose group borders sit at G/2 + kG
 
 
 def color(setting: str) -> str:
@@ -130,11 +132,11 @@ def pair_fraction(pattern: str, n: int, G: int, n_heads: int = 4, variant: str =
 
 
 def draw_pattern(pattern: str = "s2", n: int = 32, G: int = 8, n_heads: int = 4, variant: str = "split",
-                 layer_idx: int = 0, title: str | None = None):
+                 layer_idx: int = 0, title: str | None = None, n_sink: int = 4):
     """Every head's mask under `pattern` and, last, their union (orange: pairs only the other heads add to head 0's).
     An impossible setting (n not a multiple of G, heads not divisible into the pattern's chunks…) draws the error."""
     try:
-        masks = attention_mask(pattern, n, G, n_heads, variant=variant, layer_idx=layer_idx)
+        masks = attention_mask(pattern, n, G, n_heads, variant=variant, layer_idx=layer_idx, n_sink=n_sink)
     except ValueError as error:
         fig, ax = plt.subplots(figsize=(7, 1.4))
         ax.text(0.5, 0.5, f"{pattern}, n = {n}, G = {G}, {n_heads} heads:\n{error}", ha="center", va="center",
@@ -312,8 +314,10 @@ def _show(**settings) -> None:
     plt.show()
 
 
-def mask_explorer(pattern: str = "s2", n: int = 32, G: int = 8, n_heads: int = 4, variant: str = "split"):
-    """An ipywidgets explorer of `attention_mask`: pattern, variant, n, G and the number of heads; redraws
+def mask_explorer(pattern: str = "s2", n: int = 32, G: int = 8, n_heads: int = 4, variant: str = "split",
+                  n_sink: int = 4):
+    """An ipywidgets explorer of `attention_mask`: pattern, variant, n, G, the number of heads and of sink tokens (the
+    sink patterns of issue 16: short_sink, s2_sink); redraws
     `draw_pattern` on every change. Needs a running kernel (a plain viewer shows nothing: draw a static figure too)."""
     import ipywidgets as w
 
@@ -321,13 +325,14 @@ def mask_explorer(pattern: str = "s2", n: int = 32, G: int = 8, n_heads: int = 4
                 "variant": w.Dropdown(options=S2_VARIANTS, value=variant, description="variant"),
                 "n": w.IntSlider(value=n, min=8, max=64, step=8, description="n"),
                 "G": w.IntSlider(value=G, min=2, max=32, step=2, description="G"),
-                "n_heads": w.Dropdown(options=[1, 2, 4, 8], value=n_heads, description="heads")}
+                "n_heads": w.Dropdown(options=[1, 2, 4, 8], value=n_heads, description="heads"),
+                "n_sink": w.IntSlider(value=n_sink, min=1, max=16, step=1, description="sinks")}
     class Explorer(w.VBox):
         def __repr__(self):  # what a viewer without a kernel prints in place of the widget
             return "mask explorer (interactive: run the notebook in Jupyter to move its controls)"
 
     out = w.interactive_output(lambda **kw: _show(**kw), controls)
     box = Explorer([w.HBox([controls["pattern"], controls["variant"], controls["n_heads"]]),
-                  w.HBox([controls["n"], controls["G"]]), out])
+                  w.HBox([controls["n"], controls["G"], controls["n_sink"]]), out])
     box.controls = controls
     return box

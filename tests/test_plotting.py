@@ -92,6 +92,13 @@ def test_draw_pattern_one_axes_per_head_and_the_union():
     assert len(fig.legends) == 1
 
 
+def test_draw_pattern_of_a_sink_pattern_draws_its_mask():
+    fig = plotting.draw_pattern("s2_sink", 16, 4, 2, n_sink=2)
+    assert [ax.get_title() for ax in fig.axes[:2]] == ["head 0: pattern 1 + sinks", "head 1: pattern 2 + sinks"]
+    masks = attention_mask("s2_sink", 16, 4, 2, n_sink=2)
+    assert masks[:, 8:, :2].all()  # every query from the third group on reads the two sink tokens
+
+
 def test_draw_pattern_shows_an_impossible_setting_instead_of_raising():
     fig = plotting.draw_pattern("s2", 20, 8, 4)
     assert len(fig.axes) == 1 and "not divisible" in fig.axes[0].texts[0].get_text()
@@ -188,10 +195,12 @@ def test_mask_explorer_redraws_on_a_slider(monkeypatch):
     calls = []
     monkeypatch.setattr(plotting, "_show", lambda **kw: calls.append(kw))
     box = plotting.mask_explorer()
-    assert set(box.controls) == {"pattern", "variant", "n", "G", "n_heads"}
-    assert calls[-1] == {"pattern": "s2", "variant": "split", "n": 32, "G": 8, "n_heads": 4}
+    assert set(box.controls) == {"pattern", "variant", "n", "G", "n_heads", "n_sink"}
+    assert calls[-1] == {"pattern": "s2", "variant": "split", "n": 32, "G": 8, "n_heads": 4, "n_sink": 4}
     box.controls["n"].value = 16
     assert calls[-1]["n"] == 16
+    box.controls["n_sink"].value = 2
+    assert calls[-1]["n_sink"] == 2
 
 
 # efficiency --------------------------------------------------------------------------------------------------------

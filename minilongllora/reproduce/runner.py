@@ -30,7 +30,7 @@ from .plan import LOSS_BINS, STRIDE, Plan
 from .record import jsonable, window_ppl
 
 PACKAGE = Path(__file__).resolve().parent.parent
-NOT_RUN_CODE = ("cli.py", "__main__.py", "longlora.py", "recipes.py", "plotting.py")  # what no run executes
+NOT_RUN_CODE = ("cli.py", "__main__.py", "longlora.py", "recipes.py", "plotting.py", "efficiency.py")  # never in a run
 
 
 def _sha(obj) -> str:
