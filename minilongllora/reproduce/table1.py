@@ -37,7 +37,7 @@ def rows(plan: Plan, runner, seeds) -> list[dict]:
                 out.append({"setting": setting, "context": n, "seed": seed, "group_size": group_of(run["config"]),
                             **runner.ppl(run, n), **runner.last_quarter(run, n), **run_fields(run)})
             if seed == seeds[0]:  # the starting point: the base with the run's interpolation, before any step
-                factor = n / plan.base_context
+                factor = max(1.0, n / plan.base_context)  # quick contexts may lie below the base's
                 out.append({"setting": "base+PI", "context": n, "seed": None, "group_size": None,
                             **runner.ppl("base", n, rope_factor=factor),
                             **runner.last_quarter("base", n, rope_factor=factor)})
