@@ -24,6 +24,15 @@ KINDS = (("attn", "Attn: q·kᵀ and probs·v"), ("proj", "Proj: q, k, v, o"), (
 MODEL_STYLES = {"tiny": ("o", "-"), "small": ("s", "--")}  # marker, line style: the colour is the setting's
 
 
+def _label_panels(axes, sizes, what: str, ylabels, titles, legend_size=None) -> None:
+    """The three panels (time, speed-up, memory) of a benchmark figure: log-2 lengths on x, labels, grid, legend."""
+    for ax, ylabel, title in zip(axes, ylabels, titles):
+        log_axis(ax, "x", sizes, base=2)
+        ax.set(xlabel="sequence length n (tokens)", ylabel=ylabel, title=f"{what}: {title}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=legend_size)
+
+
 def draw_flops_growth(config, contexts: list[int]):
     """Left: forward FLOPs of attention (full, groups of n/4) and of everything else against n. Right: the size of
     one layer's score matrices in bf16, what naive attention stores (Flash-Attention2 never does)."""
@@ -189,12 +198,8 @@ def draw_attention_bench(bench: dict):
     axes[1].axhline(1, color="gray", lw=0.8)
     axes[1].set_ylim(0, max(6, 1.15 * max(r["speedup"] for r in rows)))
     log_axis(axes[0], "y")
-    for ax, ylabel, title in zip(axes, ("ms per forward + backward (median)", "speed-up (full / S2)",
-                                        "peak extra memory (MB)"), ("time", "speed-up of S2-Attn", "memory")):
-        log_axis(ax, "x", n, base=2)
-        ax.set(xlabel="sequence length n (tokens)", ylabel=ylabel, title=f"Attention alone: {title}")
-        ax.grid(alpha=0.3)
-        ax.legend()
+    _label_panels(axes, n, "Attention alone", ("ms per forward + backward (median)", "speed-up (full / S2)",
+                  "peak extra memory (MB)"), ("time", "speed-up of S2-Attn", "memory"))
     fig.suptitle(f"bench_attention.py, section attention, run of {bench['attention'].get('date', '?')[:10]}"
                  + (" (--quick: not data)" if bench["attention"].get("quick") else ""))
     fig.tight_layout()
@@ -246,12 +251,8 @@ def draw_step_bench(bench: dict):
     sizes = sorted({r["n"] for m in models.values() for r in m["rows"]})
     axes[1].axhline(1, color="gray", lw=0.8)
     log_axis(axes[0], "y")
-    for ax, ylabel, title in zip(axes, ("seconds per step (median)", "speed-up (full / S2)",
-                                        "peak extra memory of one step (MB)"), ("time", "speed-up", "memory")):
-        log_axis(ax, "x", sizes, base=2)
-        ax.set(xlabel="sequence length n (tokens)", ylabel=ylabel, title=f"Whole step: {title}")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+    _label_panels(axes, sizes, "Whole step", ("seconds per step (median)", "speed-up (full / S2)",
+                  "peak extra memory of one step (MB)"), ("time", "speed-up", "memory"), legend_size=7)
     step = bench["step"]
     fig.suptitle(f"bench_attention.py, section step ({step.get('settings', {}).get('method', '?')}), run of "
                  f"{step.get('date', '?')[:10]}" + (" (--quick: not data)" if step.get("quick") else ""))
