@@ -22,9 +22,10 @@ from .reference import attention_mask
 # one colour per setting, in every notebook and panel; unique within each block below
 SETTING_COLORS = {
     # attention while training (Tables 1, 6, 7)
-    "full": "black", "short": "tab:orange", "s2": "tab:blue", "shift_all": "tab:cyan", "s2_layers": "tab:purple",
+    "full": "black", "short": "tab:orange", "s2": "tab:blue", "shift_all": "teal", "s2_layers": "tab:purple",
     "dilated": "tab:olive", "block_sparse": "tab:brown", "stride_sparse": "tab:pink", "local": "tab:gray",
     "short_sink": "#ffbb78", "s2_sink": "#aec7e8",  # issue 16: short / S2-Attn plus the first n_sink tokens (lighter)
+    "s2_full_steps": "navy", "s2_grow": "tab:cyan", "base+PI": "silver",  # issue 16: the remedies; the starting point
     # the shifted half's variants (Table 8); "split" is S2-Attn's default, so it keeps s2's colour
     "split": "tab:blue", "roll": "tab:red", "roll_up": "#f4a582", "swap": "tab:green",
     # what trains (Table 2, notebook 04)

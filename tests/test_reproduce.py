@@ -156,6 +156,39 @@ def test_table1_window_reuses_table1s_runs_and_full_window_is_full_attention(bas
     assert by[("s2", n // 8)] != by[("s2", n)]  # a narrower window is a different computation
 
 
+def test_table1_sink_quick_reuses_table1_and_chooses_k_on_validation(base_dir, dirs, capsys):
+    table1 = json.loads((dirs[0] / "table1.quick.json").read_text()) if (dirs[0] / "table1.quick.json").is_file() \
+        else quick("table1", base_dir, dirs, capsys)
+    result = quick("table1_sink", base_dir, dirs, capsys)
+    t = rep.table1_sink
+    rows, start, selection = result["rows"], result["starting_point"], result["selection"]
+    contexts = (128, 512)  # quick: 2 x 64 and 8 x 64 tokens
+    assert {(r["setting"], r["context"], r["test"]) for r in rows} == \
+        {(s, n, "full") for s in t.SETTINGS for n in contexts} | \
+        {(s, n, test) for s in t.DIAGNOSED if s != "base+PI" for n in contexts for test in t.TESTS}
+    assert {(r["context"], r["test"]) for r in start} == {(n, test) for n in contexts for test in t.TESTS}
+    old = {(r["setting"], r["context"]): r for r in table1["rows"]}
+    for r in rows:
+        if r["setting"] in ("full", "short", "s2"):  # Table 1's runs, not retrained
+            assert r["reused"] and r["run"] == old[(r["setting"], r["context"])]["run"]
+            if r["test"] == "full":
+                assert r["ppl"] == old[(r["setting"], r["context"])]["ppl"]
+        if r["test"] == "full":
+            assert r["ppl_test"] > 1 and r["ppl_test"] != r["ppl"] and r["ppl_last_quarter_test"] > 1
+            assert ("first_mass" in r) == (r["setting"] in t.DIAGNOSED)
+    assert [c["every"] for c in selection] == list(t.FULL_EVERY) and all(c["context"] == 512 for c in selection)
+    chosen = {r["every"] for r in rows if r["setting"] == "s2_full_steps"}
+    assert len(chosen) == 1 and chosen <= set(t.FULL_EVERY)
+    config = {c["run"]: c for c in result["settings"]["train_configs"]}
+    for r in rows:
+        assert config[r["run"]]["full_attention_every"] == (r["every"] or 0)
+        assert config[r["run"]]["group_schedule"] == ("grow" if r["setting"] == "s2_grow" else "none")
+        assert r["flops_rel"] == pytest.approx(1.0) if r["setting"] == "full" else r["flops_rel"] < 1
+    by = {(r["setting"], r["context"], r["test"]): r["ppl"] for r in rows}
+    assert by[("s2", 512, "window 0.5")] != by[("s2", 512, "full")]  # hiding keys changes the computation
+    assert t.diagnostics(result) and t.mass(result)[("s2", 512)]["per_head"]
+
+
 @pytest.mark.parametrize("name, ids", [
     ("table2", {(s, r) for s, r, _ in rep.T2_SETTINGS}),
     ("table6", {(p, full) for p in rep.T6_NAMES for full in (False, True)}),

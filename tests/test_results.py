@@ -69,6 +69,14 @@ def test_compare_relative_values_by_hand(result):
                                                   / _by(rows, setting="full", window=n) - 1, rel=1e-12)
             assert (c["paper"] is None) == (window != n)  # the paper tested with full attention only
         assert len(cmp) == 3 * len(rep.T1_WINDOWS)
+    elif name == "table1_sink":
+        for c in cmp:
+            n, full, s2 = c["context"], _by(rows, setting="full", context=c["context"], test="full"), \
+                _by(rows, setting="s2", context=c["context"], test="full")
+            ours = _by(rows, setting=c["setting"], context=n, test="full")
+            assert c["ours_rel"] == pytest.approx(ours / full - 1, rel=1e-12)
+            assert c["gap_closed"] == pytest.approx((s2 - ours) / (s2 - full), rel=1e-9)
+        assert {c["setting"] for c in cmp} == set(rep.table1_sink.SETTINGS)
     elif name == "table2":
         lora8 = next(c for c in cmp if c["label"] == "lora r=8")
         assert lora8["paper_rel"] == pytest.approx(11.44 / 8.08 - 1)

@@ -7,6 +7,9 @@
              tested with their own pattern: does S2-Attn's gap to full attention depend on how far fine-tuning moves?
     table1_window  (not in the paper) table1's three models at 4x tested with a sliding window of n/8, n/4, n/2 and
              with full attention: which keys break the grouped models when they are tested with full attention?
+    table1_sink  (not in the paper, issue 16) Table 1 at 2x and 8x with short_sink, s2_sink, S2-Attn + every k-th
+             step full (k chosen on validation), S2-Attn + growing groups; FLOPs relative to full attention; Table
+             1's models tested with the first tokens or the far keys hidden, and their attention on the first tokens
     table2   full FT vs LoRA r = 8, 16, 32, 64 vs LoRA r=8 + norm / + embed / + norm & embed, S2-Attn, at 8x
     table6   attention patterns (S2 across heads / layers, only P1, only P2, dilated, block / stride sparse) at 8x,
              each tested with its own pattern and with full attention
@@ -56,6 +59,7 @@ starts from an empty cache; "in order" runs the tables in the order listed, each
     table1          22 min   22 min     9 (9)
     table1_lr       29 min   22 min     12 (9)
     table1_window    8 min    1 min     3 (0)
+    table1_sink     47 min   32 min     16 (10)
     table8          11 min    6 min     5 (3)
     figure5          4 min    2 min     2 (1)
     table6          17 min   17 min     7 (7)
@@ -63,7 +67,7 @@ starts from an empty cache; "in order" runs the tables in the order listed, each
     figure4          6 min    6 min     1 (1)
     table7          10 min   10 min     5 (5)
     table11          0 min    0 min     0 (0)
-    all                   ~ 1 h 38 min  (41 runs of 1.6M tokens; N seeds: about N times as long)
+    all                   ~ 2 h 10 min  (51 runs of 1.6M tokens; N seeds: about N times as long)
 
 `--quick` runs every table with 2 steps of 1 sequence at contexts of 2 x 64 … 16 x 64 tokens (PI by context / L
 where that is above 1), 2 evaluation windows, 1 document, 1 passkey trial at 2 lengths: the mechanics in seconds
@@ -86,7 +90,8 @@ import time
 from pathlib import Path
 
 from ..errors import UserInputError
-from . import figure4, figure5, table1, table1_lr, table1_window, table2, table6, table7, table8, table11
+from . import (figure4, figure5, table1, table1_lr, table1_sink, table1_window, table2, table6, table7, table8,
+               table11)
 from .figure4 import EXTENDED_PI, MIN_PASSKEY_TOKENS, passkey_lengths  # noqa: F401
 from .plan import (CURVE_POINTS, CURVE_TOKENS, DEFAULT_BASE, DEFAULT_CACHE, LOSS_BINS, LQ_DOCUMENTS,  # noqa: F401
                    LR, PASSKEY_TRIALS, PPL_WINDOWS, PRECISION, QUICK, QUICK_UNIT, SAVE_EVERY, STEPS, STRIDE,
@@ -101,9 +106,9 @@ from .table8 import T8_VARIANTS  # noqa: F401
 from .table11 import T11_CONTEXTS  # noqa: F401
 
 TABLES = {m.NAME: m for m in (table1, table2, table6, table7, table8, table11, figure4, figure5, table1_lr,
-                              table1_window)}
-RUN_ORDER = ("table1", "table1_lr", "table1_window", "table8", "figure5", "table6", "table2", "figure4",  # most reuse
-             "table7", "table11")  # first
+                              table1_window, table1_sink)}
+RUN_ORDER = ("table1", "table1_lr", "table1_window", "table1_sink", "table8", "figure5", "table6", "table2",  # most
+             "figure4", "table7", "table11")  # reuse first
 DESCRIPTIONS = {name: m.DESCRIPTION for name, m in TABLES.items()}
 ID_FIELDS = {name: m.ID_FIELDS for name, m in TABLES.items()}
 PAPER = {name: m.PAPER for name, m in TABLES.items()}
@@ -150,8 +155,9 @@ def reproduce(name: str, *, quick: bool = False, seeds: int = 1, out: str | Path
     print(f"reproduce {name}{' (quick)' if quick else ''}: {DESCRIPTIONS[name]}; base {base} "
           f"(context {plan.base_context}), seeds 0..{seeds - 1}", flush=True)
     rows = TABLES[name].rows(plan, runner, list(range(seeds)))
-    start = [r for r in rows if r.get("setting") == "base+PI"]  # table1's starting point: not a row of the table
-    rows = [r for r in rows if r.get("setting") != "base+PI"]
+    start = [r for r in rows if r.get("setting") == "base+PI"]  # the starting point: not a row of the table
+    selection = [r for r in rows if r.get("selection")]  # table1_sink's candidates, chosen among on validation
+    rows = [r for r in rows if r.get("setting") != "base+PI" and not r.get("selection")]
     seconds = round(time.time() - t0, 1)
     runs = runner.runs if runner is not None else {}
     estimate = None if quick else round(estimate_seconds((name,), seeds=seeds, base_context=plan.base_context)[name]
@@ -165,6 +171,7 @@ def reproduce(name: str, *, quick: bool = False, seeds: int = 1, out: str | Path
         "rows": rows,
         "summary": summarize(ID_FIELDS[name], rows),
         **({"starting_point": start} if start else {}),
+        **({"selection": selection} if selection else {}),
     }
     path = result_path(out, name, quick)
     write_json(path, result, default=jsonable)

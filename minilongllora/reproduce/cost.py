@@ -66,18 +66,24 @@ class CostRunner:
     def _forward(self, kind: str, run, n: int, attention: str, rope_factor, count: int) -> None:
         if attention.startswith("local "):
             span = int(2 * n * float(attention.split()[1]))  # blocks of W queries read 2W keys
+        elif attention != "full" and attention.split()[0] in ("no_first", "window", "window_sinks"):
+            span = n  # sinks.KeyMasked: a dense n x n mask
         else:
             span = n if attention == "full" else group_of(run["config"])
         key = run if run == "base" else run["key"]
         self._once((kind, key, n, attention, rope_factor), forward_seconds(count * n, n, span))
 
-    def ppl(self, run, n, attention="full", rope_factor=None):
-        self._forward("ppl", run, n, attention, rope_factor, self.plan.ppl_windows)
-        return {"ppl": None}
+    def ppl(self, run, n, attention="full", rope_factor=None, split="validation"):
+        self._forward(f"ppl {split}", run, n, attention, rope_factor, self.plan.ppl_windows)
+        return {"ppl": 1.0}
 
-    def last_quarter(self, run, n, attention="full", rope_factor=None):
-        self._forward("lq", run, n, attention, rope_factor, self.plan.lq_documents)
+    def last_quarter(self, run, n, attention="full", rope_factor=None, split="validation"):
+        self._forward(f"lq {split}", run, n, attention, rope_factor, self.plan.lq_documents)
         return {"ppl_last_quarter": None}
+
+    def first_token_mass(self, run, n, k, documents, rope_factor=None):
+        self._forward("mass", run, n, "full", rope_factor, 2 * documents)  # explicit probabilities: about twice
+        return {}
 
     def passkey(self, source, lengths, trials, rope_factor):
         key = source if source == "base" else source["key"]

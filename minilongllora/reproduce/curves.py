@@ -16,6 +16,10 @@ def _run_label(config: dict) -> str:
     ratio = config.get("group_size_ratio", 0.25)
     if config["attention"] != "full" and abs(ratio - 0.25) > 1e-9:  # Table 7: the group size tells the runs apart
         parts.append(f"group {group_of(config)}")
+    if config.get("full_attention_every"):  # the remedies of table1_sink
+        parts.append(f"every {config['full_attention_every']}th step full")
+    if config.get("group_schedule", "none") != "none":
+        parts.append(f"groups {config['group_schedule']}")
     if config["method"] != "full" and config.get("lora_r") != 8:
         parts.append(f"r={config['lora_r']}")
     parts += [f"{config['seq_len']} tokens", f"lr {config['lr']:g}"]

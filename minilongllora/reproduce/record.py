@@ -26,7 +26,7 @@ import torch
 
 RESULTS_DIR = "notebooks/results"
 METRICS = ("ppl", "ppl_last_quarter", "accuracy", "val_window_ppl", "val_ppl", "ppl_own_pattern",
-           "ppl_last_quarter_own_pattern")
+           "ppl_last_quarter_own_pattern", "ppl_test", "ppl_last_quarter_test")
 
 
 def window_ppl(record: dict) -> float | None:

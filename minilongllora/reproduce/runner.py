@@ -28,6 +28,7 @@ from ..train import train, validation_loss, validation_rows
 from ..trainconfig import TrainConfig, meta_model
 from .plan import LOSS_BINS, STRIDE, Plan
 from .record import jsonable, window_ppl
+from .sinks import KEY_TESTS, KeyMasked, first_token_mass
 
 PACKAGE = Path(__file__).resolve().parent.parent
 NOT_RUN_CODE = ("cli.py", "__main__.py", "longlora.py", "recipes.py", "plotting.py", "efficiency.py")  # never in a run
@@ -77,7 +78,8 @@ class Runner:
     def __init__(self, plan: Plan, cache_dir: str | Path):
         self.plan, self.cache = plan, Path(cache_dir)
         self.fingerprint = _sha({"base": base_fingerprint(plan.base), "code": code_fingerprint()})
-        self.docs = corpus_documents("validation")
+        self.docs = corpus_documents("validation")  # every number of the tables; the test split on request
+        self._split_docs = {"validation": self.docs}
         self.runs: dict[str, dict] = {}  # key -> {config, train_seconds, tokens, loss, curve, reused}
 
     # training ------------------------------------------------------------------------------------------------
@@ -123,38 +125,50 @@ class Runner:
         return cache[key]
 
     def _model(self, source, attention: str = "full", rope_factor: float | None = None):
+        """The model of a run (or "base") for testing: full attention; "train": its own training pattern; "local F":
+        a sliding window of F x the evaluated length; a key test of sinks.py ("no_first K", "window_sinks F K", …)."""
         overrides = {} if rope_factor is None else {"rope_scaling": linear_scaling(rope_factor)}
-        if source == "base":
-            return from_hf(self.plan.base, **overrides).eval()
-        cfg = source["config"]
-        if attention == "train":
+        if source != "base" and attention == "train":
+            cfg = source["config"]
             overrides.update(attention=cfg.attention, s2_variant=cfg.s2_variant,
                              group_size_ratio=cfg.group_size_ratio, n_sink=cfg.n_sink, eval_attention="train")
         elif attention.startswith("local "):  # "local F": a sliding window of F x the evaluated length
             overrides.update(attention="local", group_size_ratio=float(attention.split()[1]), eval_attention="train")
-        return from_hf(source["final"], **overrides).eval()
+        model = from_hf(self.plan.base if source == "base" else source["final"], **overrides).eval()
+        if attention.split()[0] in KEY_TESTS and attention != "full":
+            return KeyMasked(model, attention).eval()
+        return model
 
-    def ppl(self, run, n: int, attention: str = "full", rope_factor: float | None = None) -> dict:
+    def documents(self, split: str = "validation") -> list:
+        if split not in self._split_docs:
+            self._split_docs[split] = corpus_documents(split)
+        return self._split_docs[split]
+
+    def ppl(self, run, n: int, attention: str = "full", rope_factor: float | None = None,
+            split: str = "validation") -> dict:
         """Sliding-window perplexity of a run (or of "base", with linear PI by `rope_factor` where given)."""
         spec = {"kind": "ppl", "n": n, "stride": min(STRIDE, n), "windows": self.plan.ppl_windows,
-                "attention": attention, **({} if rope_factor is None else {"rope_factor": rope_factor})}
+                "attention": attention, **({} if rope_factor is None else {"rope_factor": rope_factor}),
+                **({} if split == "validation" else {"split": split})}
 
         def compute():
-            r = perplexity(self._model(run, attention, rope_factor), self.docs, n, stride=min(STRIDE, n),
+            r = perplexity(self._model(run, attention, rope_factor), self.documents(split), n, stride=min(STRIDE, n),
                            max_windows=self.plan.ppl_windows, batch_size=4, progress=False)
             return {"ppl": r["ppl"], "ppl_tokens": r["tokens_scored"], "ppl_windows": r["windows"]}
 
         return self._cached(run, spec, compute)
 
-    def last_quarter(self, run, n: int, attention: str = "full", rope_factor: float | None = None) -> dict:
+    def last_quarter(self, run, n: int, attention: str = "full", rope_factor: float | None = None,
+                     split: str = "validation") -> dict:
         """exp of the mean loss at the last quarter of window positions, the loss of each quarter and of each 16th."""
         spec = {"kind": "last_quarter", "n": n, "documents": self.plan.lq_documents, "attention": attention,
-                "bins": LOSS_BINS, **({} if rope_factor is None else {"rope_factor": rope_factor})}
+                "bins": LOSS_BINS, **({} if rope_factor is None else {"rope_factor": rope_factor}),
+                **({} if split == "validation" else {"split": split})}
 
         def compute():
-            docs = [d[:n] for d in self.docs if d.numel() >= n][:self.plan.lq_documents]
+            docs = [d[:n] for d in self.documents(split) if d.numel() >= n][:self.plan.lq_documents]
             if not docs:
-                raise ValueError(f"no validation document holds {n} tokens")
+                raise ValueError(f"no {split} document holds {n} tokens")
             curve = position_loss(self._model(run, attention, rope_factor), docs, n, batch_size=4).double()
             # entry i predicts token i + 1: the last quarter of positions is tokens 3n/4 … n−1
             quarters = [curve[max(0, q * n // 4 - 1):(q + 1) * n // 4 - 1].mean().item() for q in range(4)]
@@ -162,6 +176,18 @@ class Runner:
                     for b in range(LOSS_BINS)]
             return {"ppl_last_quarter": math.exp(quarters[3]), "loss_quarters": quarters, "loss_bins": bins,
                     "lq_documents": len(docs)}
+
+        return self._cached(run, spec, compute)
+
+    def first_token_mass(self, run, n: int, k: int, documents: int, rope_factor: float | None = None) -> dict:
+        """sinks.first_token_mass of a run (or "base") on the first n tokens of the first `documents` validation
+        documents that hold n tokens."""
+        spec = {"kind": "first_token_mass", "n": n, "k": k, "documents": documents,
+                **({} if rope_factor is None else {"rope_factor": rope_factor})}
+
+        def compute():
+            docs = [d[:n] for d in self.docs if d.numel() >= n][:documents]
+            return first_token_mass(self._model(run, "full", rope_factor), docs, k, LOSS_BINS)
 
         return self._cached(run, spec, compute)
 

@@ -1,0 +1,95 @@
+"""(Not in the paper; issue 16.) Test-time diagnostics of attention sinks: a trained model tested with some keys
+hidden, and the attention mass its heads put on the first tokens.
+
+Attention sinks (Xiao et al. 2023, StreamingLLM): trained models park much of their attention on the first few tokens
+of a sequence. Under grouped training (short attention, S2-Attn) every group but the first lacks them; under full
+attention at test time they are visible again. Which keys break a grouped model tested with full attention, the
+sinks or the distance? Each test below hides a different set of keys from every query, in every layer and head:
+
+    full            causal attention (what the paper tests with)
+    no_first K      causal, but no query at or after position K reads the first K tokens (K = 4, 16)
+    window F        a sliding window: query i reads keys i − F·n < j ≤ i (StreamingLLM's "window attention")
+    window_sinks F K  the window, plus the first K tokens (StreamingLLM's evaluation)
+
+`KeyMasked` runs a Llama's layers with one such (n, n) mask through SDPA; with the causal mask it gives the model's
+own logits (tests/test_table1_sink.py). `first_token_mass` reads `Llama.attention_maps`: the share of each head's
+attention that lands on the first K tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from ..attention import sdpa
+
+KEY_TESTS = ("full", "no_first", "window", "window_sinks")
+
+
+def parse_test(test: str) -> tuple[str, list[float]]:
+    """"window_sinks 0.5 4" -> ("window_sinks", [0.5, 4.0]); checks the name and the number of arguments."""
+    name, *args = test.split()
+    want = {"full": 0, "no_first": 1, "window": 1, "window_sinks": 2}
+    if name not in want or len(args) != want[name]:
+        raise ValueError(f"unknown key test {test!r}; expected one of 'full', 'no_first K', 'window F', "
+                         f"'window_sinks F K'")
+    return name, [float(a) for a in args]
+
+
+def key_mask(test: str, n: int) -> torch.Tensor:
+    """(n, n) bool, True where query i may read key j, for one of the tests of the module docstring."""
+    name, args = parse_test(test)
+    i, j = torch.arange(n)[:, None], torch.arange(n)[None, :]
+    causal = j <= i
+    if name == "full":
+        return causal
+    if name == "no_first":
+        k = int(args[0])
+        return causal & ~((j < k) & (i >= k))  # the first k queries keep their own past: they have nothing else
+    window = causal & (i - j < max(1, round(args[0] * n)))
+    if name == "window":
+        return window
+    return window | (causal & (j < int(args[1])))
+
+
+class KeyMasked(nn.Module):
+    """A Llama evaluated with `key_mask(test, n)` in every layer and head: (b, n) tokens -> (b, n, vocab) logits.
+    The same blocks as `model.Block.forward`, with the attention read under the mask."""
+
+    def __init__(self, model: nn.Module, test: str):
+        super().__init__()
+        parse_test(test)
+        self.model, self.test = model, test
+
+    def forward(self, tokens: torch.Tensor, check_context: bool = True) -> torch.Tensor:
+        m, n = self.model, tokens.shape[1]
+        x = m.embed_tokens(tokens)  # (b, n, dim)
+        cos, sin = m.rope(0, n, x)
+        mask = key_mask(self.test, n).to(x.device)
+        for layer in m.layers:
+            attn = layer.self_attn
+            q, k, v = attn.qkv(layer.input_layernorm(x), cos, sin)  # (b, h, n, d), (b, k, n, d)
+            out = sdpa(q, k, v, causal=False, mask=mask)
+            x = x + attn.o_proj(rearrange(out, "b h n d -> b n (h d)"))
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        return m.lm_head(m.norm(x))
+
+
+@torch.no_grad()
+def first_token_mass(model, documents: list[torch.Tensor], k: int, bins: int = 16) -> dict:
+    """Share of attention on the first k tokens under full attention, averaged over `documents` (each (n,)):
+    "per_head" (layers x heads) over the queries of the window's second half (far from those tokens, where the
+    question arises), and "by_position" (bins,) over all layers and heads, for the queries of each 1/bins of the
+    window (the queries before k, which can read nothing else, included)."""
+    per_head, by_position = None, None
+    for doc in documents:
+        maps = model.attention_maps(doc[None])  # [(1, h, n, n)] x layers, full attention
+        mass = torch.stack([p[0, :, :, :k].sum(-1) for p in maps]).double()  # (layers, h, n): per query
+        n = mass.shape[-1]
+        head = mass[:, :, n // 2:].mean(-1)
+        pos = rearrange(mass[:, :, :n // bins * bins], "l h (b m) -> b (l h m)", b=bins).mean(-1)
+        per_head = head if per_head is None else per_head + head
+        by_position = pos if by_position is None else by_position + pos
+    return {"per_head": (per_head / len(documents)).tolist(), "by_position": (by_position / len(documents)).tolist(),
+            "k": k, "documents": len(documents)}

@@ -1,0 +1,133 @@
+"""table1_sink's diagnostics (issue 16, reproduce/sinks.py): the key masks checked by hand, a model tested with them
+against the model's own forward (full attention, the `local` pattern), which tokens can reach which logits (by
+perturbation, the masks' defining property), the attention mass on the first tokens against the attention maps,
+the FLOPs of a row, and the choice of k on validation."""
+
+import pytest
+import torch
+
+from minilongllora import Llama, LlamaConfig
+from minilongllora.reproduce import table1_sink
+from minilongllora.reproduce.sinks import KeyMasked, first_token_mass, key_mask, parse_test
+
+from test_attention import kernel  # noqa: F401 (fp64 explicit attention: the oracle's precision)
+
+
+def reads(row: torch.Tensor) -> list[int]:
+    return row.nonzero().flatten().tolist()
+
+
+def test_key_masks_by_hand():
+    full = key_mask("full", 6)
+    assert reads(full[3]) == [0, 1, 2, 3]
+    no_first = key_mask("no_first 2", 6)
+    assert reads(no_first[1]) == [0, 1]  # before k: its own past, it has nothing else
+    assert reads(no_first[2]) == [2] and reads(no_first[5]) == [2, 3, 4, 5]
+    window = key_mask("window 0.5", 6)  # W = 3: query i reads i - 2 … i
+    assert reads(window[1]) == [0, 1] and reads(window[5]) == [3, 4, 5]
+    sinks = key_mask("window_sinks 0.5 1", 6)
+    assert reads(sinks[5]) == [0, 3, 4, 5] and reads(sinks[2]) == [0, 1, 2]
+    for bad in ("window", "no_first", "sinks 4", "window_sinks 0.5"):
+        with pytest.raises(ValueError, match="unknown key test"):
+            parse_test(bad)
+
+
+def _model(n_kv_heads=2, layers=2, **kw):
+    torch.manual_seed(0)
+    cfg = LlamaConfig.from_preset("tiny", n_layers=layers, dim=64, n_heads=4, n_kv_heads=n_kv_heads, ffn_dim=96,
+                                  max_seq_len=64, **kw)
+    return Llama(cfg).eval()
+
+
+def test_full_key_mask_gives_the_models_own_logits():
+    model, tokens = _model(), torch.randint(0, 256, (2, 48))
+    with torch.no_grad():
+        torch.testing.assert_close(KeyMasked(model, "full")(tokens), model(tokens), rtol=1e-5, atol=1e-5)
+
+
+def test_window_key_mask_equals_the_local_pattern():
+    """'window F' through the dense mask against the model's fast `local` pattern (blocks of G = F·n)."""
+    local = _model(attention="local", group_size_ratio=0.25, eval_attention="train")
+    plain = _model()
+    plain.load_state_dict(local.state_dict())
+    tokens = torch.randint(0, 256, (2, 64))
+    with torch.no_grad():
+        torch.testing.assert_close(KeyMasked(plain, "window 0.25")(tokens), local(tokens), rtol=1e-5, atol=1e-5)
+
+
+def _changed_positions(model, test: str, n: int, perturb: list[int]) -> list[int]:
+    """Positions whose logits change when the tokens at `perturb` change."""
+    torch.manual_seed(1)
+    a = torch.randint(0, 256, (1, n))
+    b = a.clone()
+    b[0, perturb] = (a[0, perturb] + 1) % 256
+    with torch.no_grad():
+        la, lb = KeyMasked(model, test)(a), KeyMasked(model, test)(b)
+    return ((la - lb).abs().amax(-1)[0] > 0).nonzero().flatten().tolist()
+
+
+def test_which_tokens_reach_which_logits(kernel):  # noqa: F811
+    """The defining property of each test, through every layer: with no_first k, no position at or after k depends
+    on the first k tokens; with a window of W keys, one layer carries token j to positions j … j + W − 1 only, and
+    with the sinks added, the first tokens reach every position."""
+    two, one = _model(layers=2).double(), _model(layers=1).double()
+    n = 32
+    assert _changed_positions(two, "full", n, [1]) == list(range(1, n))
+    assert _changed_positions(two, "no_first 4", n, [0, 1, 2, 3]) == [0, 1, 2, 3]
+    assert _changed_positions(two, "no_first 4", n, [5]) == list(range(5, n))
+    assert _changed_positions(one, "window 0.25", n, [10]) == list(range(10, 18))  # W = 8
+    assert _changed_positions(one, "window_sinks 0.25 4", n, [2]) == list(range(2, n))  # a sink: everywhere
+    assert _changed_positions(one, "window_sinks 0.25 4", n, [10]) == list(range(10, 18))
+
+
+def test_first_token_mass_against_the_attention_maps():
+    model = _model(layers=2)
+    docs = [torch.randint(0, 256, (32,)) for _ in range(2)]
+    got = first_token_mass(model, docs, k=3, bins=4)
+    maps = [model.attention_maps(d[None]) for d in docs]
+    for layer in range(2):
+        for head in range(4):
+            want = sum(m[layer][0, head, 16:, :3].sum(-1).mean().item() for m in maps) / 2
+            assert got["per_head"][layer][head] == pytest.approx(want, abs=1e-6)
+    first_bin = sum(torch.stack([p[0, :, :8, :3].sum(-1) for p in m]).mean().item() for m in maps) / 2
+    assert got["by_position"][0] == pytest.approx(first_bin, abs=1e-6)
+    assert got["by_position"][0] > got["by_position"][-1]  # the first queries can read little else
+    all_keys = first_token_mass(model, docs, k=32, bins=4)
+    assert all(v == pytest.approx(1.0) for v in all_keys["by_position"])
+
+
+def test_flops_of_the_rows_at_llama_scale():
+    """Llama-2-7B at 8192 (2x): S2-Attn 117.1 / 143.5 TFLOPs (Table 11), full attention 1; every 4th step full adds
+    a quarter of the attention saving back; growing groups cost between the two."""
+    from minilongllora.reproduce.plan import Plan
+
+    plan = Plan.make("unused", 256)
+    get = {s: table1_sink.flops(table1_sink.config(plan, 512, s, 0, every=4))["flops_rel_7b"]
+           for s in ("full", "s2", "s2_full_steps", "s2_grow", "s2_sink")}
+    assert get["full"] == pytest.approx(1.0) and get["s2"] == pytest.approx(117.1 / 143.5, abs=1e-3)
+    assert get["s2_full_steps"] == pytest.approx(0.75 * get["s2"] + 0.25, rel=1e-9)
+    assert get["s2"] < get["s2_grow"] < 1 and get["s2"] < get["s2_sink"] < get["s2"] + 1e-3
+
+
+class _Fixed:
+    """A runner whose candidates come out at the given perplexities, by k."""
+
+    def __init__(self, ppl):
+        self.by_k = ppl
+
+    def train(self, cfg):
+        return {"key": str(cfg.full_attention_every), "config": cfg, "loss": 1.0, "train_seconds": 1.0,
+                "reused": False, "k": cfg.full_attention_every}
+
+    def ppl(self, run, n, *a, **kw):
+        return {"ppl": self.by_k[run["k"]]}
+
+
+@pytest.mark.parametrize("ppl, chosen", [({2: 10.0, 4: 10.05, 8: 10.5}, 4), ({2: 10.0, 4: 10.2, 8: 10.09}, 8),
+                                         ({2: 10.0, 4: 10.5, 8: 10.6}, 2)])
+def test_every_k_is_the_sparsest_within_one_percent_of_the_best(ppl, chosen):
+    from minilongllora.reproduce.plan import Plan
+
+    k, candidates = table1_sink.choose_every(Plan.make("unused", 256), _Fixed(ppl))
+    assert k == chosen and [c["every"] for c in candidates] == list(table1_sink.FULL_EVERY)
+    assert all(c["selection"] and c["context"] == 8 * 256 for c in candidates)
