@@ -1,7 +1,7 @@
 """Named training runs: `get_recipe("extend-tiny-4x", steps=10)` → a TrainConfig.
 
 CPU-small (2 cores, torch 2.13, this project's CPU machine with AVX-512 BF16; benchmarks/results/speed_cpu.json): in
-bf16 autocast the `tiny` preset (4 layers, dim 256, 3.4M parameters) trains at about 12,000 tokens/s at 256 tokens
+bf16 autocast the `tiny` preset (4 layers, dim 256, 3,295,488 parameters) trains at about 12,000 tokens/s at 256 tokens
 (full training, 8 x 256 per step) and about 15,000 tokens/s at 1024 tokens with S2-Attn + LoRA+ (4 x 1024), 2.2x and
 2.5x the fp32 trainer before the speed work (`--precision fp32`: about 5,500 and 6,100).
 

@@ -2,7 +2,7 @@
 and the plotting helpers.
 
 Absolute perplexities cannot be compared (the paper: Llama2 7B, 32k-token vocabulary, PG19 books; ours: a
-3.4M-parameter byte-level model on Python sources), so every table is also given *relative* to its reference row
+3.3M-parameter byte-level model on Python sources), so every table is also given *relative* to its reference row
 (full-attention fine-tuning, or S2-Attn across heads in Table 6): `rel = ppl / ppl_reference - 1`, the quantity the
 paper's conclusions are about ("S2-Attn is within 0.3% of full attention", "short attention is 3-18% worse").
 """
@@ -159,3 +159,33 @@ def label_axes(ax, title: str, xlabel: str, ylabel: str, *, log: bool = False, l
         plain_log(ax)
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=legend)
+
+
+def fonts(fig):
+    """Panel titles (10 pt) never smaller than axis labels (9 pt) or the figure's title (9 pt), ticks 8 pt."""
+    for ax in fig.axes:
+        ax.title.set_fontsize(10)
+        ax.xaxis.label.set_fontsize(9)
+        ax.yaxis.label.set_fontsize(9)
+        ax.tick_params(labelsize=8)
+    return fig
+
+
+def paired_bars(ax, labels: list[str], solid: list, hatched: list, colors: list[str], names: tuple[str, str]):
+    """Two bars per label, in its colour: `solid` (fractions, drawn in %, annotated: the verdict's metric) and, hatched
+    beside it, `hatched`; `names` are their legend entries."""
+    from matplotlib.patches import Patch
+
+    xs = range(len(labels))
+    solid_h, hatched_h = ([0.0 if v is None else 100 * v for v in values] for values in (solid, hatched))
+    ax.bar([x - 0.2 for x in xs], solid_h, width=0.4, color=colors)
+    ax.bar([x + 0.2 for x in xs], hatched_h, width=0.4, color="white", edgecolor=colors, hatch="////", lw=0.8)
+    for x, h in zip(xs, solid_h):
+        ax.annotate(f"{h:+.1f}", (x - 0.2, h), ha="center", va="bottom" if h >= 0 else "top", fontsize=7)
+    ax.set_xticks(list(xs), labels, rotation=35, ha="right")
+    ax.axhline(0, color="black", lw=0.8)
+    lo, hi = min(0.0, *solid_h, *hatched_h), max(0.0, *solid_h, *hatched_h)
+    ax.set_ylim(lo - 0.08 * (hi - lo), hi + 0.35 * (hi - lo))  # room for the legend above the bars
+    ax.legend(handles=[Patch(facecolor="dimgray", label=names[0]),
+                       Patch(facecolor="white", edgecolor="dimgray", hatch="////", label=names[1])],
+              fontsize=8, loc="upper left")

@@ -85,9 +85,9 @@ class CostRunner:
         self._forward("mass", run, n, "full", rope_factor, 2 * documents)  # explicit probabilities: about twice
         return {}
 
-    def passkey(self, source, lengths, trials, rope_factor):
+    def passkey(self, source, lengths, trials, rope_factor, format="paper"):
         key = source if source == "base" else source["key"]
-        self._once(("passkey", key, rope_factor), sum(forward_seconds(trials * n, n) for n in lengths))
+        self._once(("passkey", key, rope_factor, format), sum(forward_seconds(trials * n, n) for n in lengths))
         return [{"target": n, "length": n, "accuracy": None, "trials": trials} for n in lengths]
 
     def window_ppl_at_start(self, cfg):

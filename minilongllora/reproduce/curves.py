@@ -45,6 +45,22 @@ def curves(result: dict, seeds: bool = True) -> dict[str, list[tuple[int, float]
             for label, pts in out.items()}
 
 
+def _color(config: dict) -> str | None:
+    """A run's colour in every figure (plotting.SETTING_COLORS): its training attention, its remedy, or LoRA+."""
+    from ..plotting import SETTING_COLORS
+
+    if not config:
+        return None
+    name = config["attention"]
+    if config.get("full_attention_every"):
+        name = "s2_full_steps"
+    elif config.get("group_schedule", "none") != "none":
+        name = "s2_grow"
+    elif config["method"] != "full" and config["attention"] == "s2":
+        name = config["method"]
+    return SETTING_COLORS.get(name)
+
+
 def plot_curves(result: dict, select=None, seeds: bool = False):
     """Validation perplexity against fine-tuning step, one line per setting, the mean over its seeds (`seeds=True`:
     one line per run); `select(label)` keeps a subset."""
@@ -54,9 +70,13 @@ def plot_curves(result: dict, select=None, seeds: bool = False):
     fig = Figure(figsize=(8, 4), dpi=90)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
+    configs = {_run_label(c): c for c in result["settings"]["train_configs"]}
+    contexts = sorted({c["seq_len"] for c in configs.values()})
     for label, pts in curves(result, seeds).items():
         if select is None or select(label):
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=label)
+            config = configs.get(label.rsplit(", seed ", 1)[0], {})
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=label, color=_color(config),
+                    ls=("-", "--", ":", "-.")[contexts.index(config["seq_len"]) % 4] if config else "-")
     plain_log(ax)
     ax.set_xlabel("fine-tuning step")
     ax.set_ylabel("validation perplexity (whole windows, full attention)")
@@ -65,6 +85,12 @@ def plot_curves(result: dict, select=None, seeds: bool = False):
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def _setting_color(name) -> str | None:
+    from ..plotting import SETTING_COLORS
+
+    return SETTING_COLORS.get(name) if isinstance(name, str) else None
 
 
 def plot_loss_by_position(result: dict, panel: str = "context", line: str = "setting"):
@@ -92,7 +118,7 @@ def plot_loss_by_position(result: dict, panel: str = "context", line: str = "set
             key = "loss_bins" if all("loss_bins" in m for m in members) else "loss_quarters"
             k, n = len(members[0][key]), members[0]["context"]
             mean = [sum(m[key][j] for m in members) / len(members) for j in range(k)]
-            style = dict(color="gray", ls="--", lw=1) if name == "base+PI" else {}
+            style = dict(color="gray", ls="--", lw=1) if name == "base+PI" else {"color": _setting_color(name)}
             marker = "x" if name == "base+PI" else "os^vD<>p"[(i - ("base+PI" in lines)) % 8]
             ax.plot([(j + 0.5) / k for j in range(k)], mean, marker=marker, ms=4, label=str(name), **style)
             groups |= {m["group_size"] for m in members if m.get("group_size")}

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from .compare import OUR_MODEL, PAPER_MODEL, average, figure, label_axes, mean, quick_note, seeds_text
+from .compare import average, figure, label_axes, mean, quick_note, seeds_text
 from .plan import Plan
 from .runner import run_fields
 
@@ -64,18 +64,33 @@ def compare(result: dict) -> list[dict]:
     return out
 
 
+# the models' colours (none in plotting.SETTING_COLORS): the base gray, the extended model LoRA+'s green; extended PI
+# dashed with hollow markers. Ours lie on top of each other at 0%: the markers shrink line by line so each shows
+F4_STYLE = {"base": ("tab:gray", "-", "o", 9), "base + extended PI": ("tab:gray", "--", "s", 7),
+            "extended": ("tab:green", "-", "^", 5.5), "extended + extended PI": ("tab:green", "--", "v", 4)}
+
+
 def plot(result: dict, rows_: list[dict]):
+    """Passkey accuracy against prompt length: the paper's points read off its Figure 4 (left) and ours (right), one
+    colour per model and a dashed line for extended PI, in both panels."""
+    from .compare import fonts
+
     fig, (a, b) = figure()
-    for model in dict.fromkeys(r["model"] for r in result["paper"]["rows"]):
-        pts = sorted((r["length"], r["accuracy"]) for r in result["paper"]["rows"] if r["model"] == model)
-        a.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker="o", label=model)
-    for model in dict.fromkeys(r["label"] for r in rows_):
-        pts = [r for r in rows_ if r["label"] == model]
-        b.plot([r["length"] for r in pts], [100 * r["ours"] for r in pts], marker="o", label=model)
-    for ax, title in ((a, PAPER_MODEL + " (read off the plot, approximate)"), (b, OUR_MODEL + quick_note(result))):
+    series = ([(m, sorted((r["length"], r["accuracy"]) for r in result["paper"]["rows"] if r["model"] == m))
+               for m in dict.fromkeys(r["model"] for r in result["paper"]["rows"])],
+              [(m, [(r["length"], r["ours"]) for r in rows_ if r["label"] == m])
+               for m in dict.fromkeys(r["label"] for r in rows_)])
+    for ax, lines in zip((a, b), series):
+        for model, pts in sorted(lines, key=lambda ml: list(F4_STYLE).index(ml[0])):
+            colour, ls, marker, size = F4_STYLE[model]
+            ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], color=colour, ls=ls, marker=marker, ms=size,
+                    mfc="white" if ls == "--" else colour, label=model)
+    titles = ("paper: Llama2 7B, LongLoRA at 32k (read off the plot)",
+              "ours: tiny byte-level LLaMA, 16x LoRA+" + quick_note(result))
+    for ax, title in zip((a, b), titles):
         ax.set_ylim(-5, 105)
-        label_axes(ax, title, "prompt length (tokens)", "passkey accuracy (%)", legend=7)
-    return fig
+        label_axes(ax, title, "prompt length (tokens)", "passkey accuracy (%, the paper's prompt)", legend=8)
+    return fonts(fig)
 
 
 def verdict(result: dict, rows_: list[dict]) -> str:

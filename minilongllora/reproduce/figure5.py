@@ -3,7 +3,7 @@ trainer's whole-window validation perplexity (`val_window_ppl`; `val_ppl` in rec
 
 from __future__ import annotations
 
-from .compare import OUR_MODEL, PAPER_MODEL, figure, mean, pct, label_axes, quick_note, rel, seeds_text
+from .compare import OUR_MODEL, PAPER_MODEL, figure, label_axes, mean, pct, quick_note, rel, seeds_text
 from .plan import Plan
 from .record import window_ppl
 
@@ -44,17 +44,30 @@ def compare(result: dict) -> list[dict]:
     return out
 
 
+F5_NAMES = {"full": ("full FT", "full_ft"), "lora_plus": ("LoRA+", "lora_plus")}  # label, plotting.SETTING_COLORS
+F5_TICKS = (2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 30, 40, 60, 80, 100)  # the log axis's labels, where the data reach
+
+
 def plot(result: dict, rows_: list[dict]):
+    """Validation perplexity against the fine-tuning step: the paper's PG19 perplexity (left) and ours (right), the
+    trainer's whole-window validation perplexity (full attention), one colour per method in both panels."""
+    from ..plotting import color, log_axis
+    from .compare import fonts
+
     fig, (a, b) = figure()
-    for s in dict.fromkeys(r["setting"] for r in result["paper"]["rows"]):
-        pts = sorted((r["step"], r["val_ppl"]) for r in result["paper"]["rows"] if r["setting"] == s)
-        a.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=s)
-    for s in dict.fromkeys(r["label"] for r in rows_):
-        pts = [r for r in rows_ if r["label"] == s]
-        b.plot([r["step"] for r in pts], [r["ours"] for r in pts], marker="o", label=s)
-    for ax, title in ((a, PAPER_MODEL), (b, OUR_MODEL + quick_note(result))):
-        label_axes(ax, title, "fine-tuning step", "validation perplexity (full attention)", log=True)
-    return fig
+    series = ({s: sorted((r["step"], r["val_ppl"]) for r in result["paper"]["rows"] if r["setting"] == s)
+               for s in dict.fromkeys(r["setting"] for r in result["paper"]["rows"])},
+              {s: [(r["step"], r["ours"]) for r in rows_ if r["label"] == s]
+               for s in dict.fromkeys(r["label"] for r in rows_)})
+    labels = ("PG19 validation perplexity", "validation perplexity (whole windows, full attention)")
+    for ax, lines, title, ylabel in zip((a, b), series, (PAPER_MODEL, OUR_MODEL + quick_note(result)), labels):
+        for s, pts in lines.items():
+            name, key = F5_NAMES.get(s, (s, s))
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color=color(key), label=name)
+        label_axes(ax, title, "fine-tuning step", ylabel)
+        values = [p[1] for pts in lines.values() for p in pts]
+        log_axis(ax, "y", ticks=[t for t in F5_TICKS if min(values) <= t <= max(values)] or None)
+    return fonts(fig)
 
 
 def verdict(result: dict, rows_: list[dict]) -> str:

@@ -191,11 +191,14 @@ class Runner:
 
         return self._cached(run, spec, compute)
 
-    def passkey(self, source, lengths: list[int], trials: int, rope_factor: float) -> list[dict]:
-        spec = {"kind": "passkey", "lengths": list(lengths), "trials": trials, "rope_factor": rope_factor}
+    def passkey(self, source, lengths: list[int], trials: int, rope_factor: float, format: str = "paper") -> list[dict]:
+        """Passkey accuracy at each length (`passkey.passkey_accuracy`), in the paper's prompt or the code prompt
+        (a key line, real code as filler, `assert KEY == `: what the base learned to retrieve, data/README.md)."""
+        spec = {"kind": "passkey", "lengths": list(lengths), "trials": trials, "rope_factor": rope_factor,
+                **({} if format == "paper" else {"format": format})}
         return self._cached(source, spec, lambda: passkey_accuracy(
             self._model(source, rope_factor=rope_factor), ByteTokenizer(), lengths, trials=trials,
-            check_context=False, progress=False))
+            check_context=False, progress=False, format=format))
 
     def window_ppl_at_start(self, cfg: TrainConfig) -> float:
         """The trainer's validation (whole-window) perplexity of the base with the run's interpolation, before any

@@ -66,26 +66,32 @@ def compare(result: dict) -> list[dict]:
 
 
 def plot(result: dict, rows_: list[dict]):
+    """Left: each context and attention's TFLOPs by kind, side by side on a log axis (every kind visible, even
+    `others` at 1-2% of the total). Right: the paper's printed totals beside ours."""
+    from ..plotting import color, log_axis
+    from .compare import fonts
+
     fig, (a, b) = figure()
-    labels = [r["label"] for r in rows_]
-    bottom = [0.0] * len(rows_)
-    for kind in ("attn", "proj", "ffn", "others"):
-        a.bar(range(len(rows_)), [r[kind] for r in rows_], bottom=bottom, label=kind)
-        bottom = [x + r[kind] for x, r in zip(bottom, rows_)]
-    a.set_xticks(range(len(rows_)), labels, rotation=35, ha="right", fontsize=8)
+    kinds, width = ("attn", "proj", "ffn", "others"), 0.2
+    for k, kind in enumerate(kinds):
+        a.bar([x + (k - 1.5) * width for x in range(len(rows_))], [r[kind] for r in rows_], width=width,
+              color=color(kind), label=kind)
+    a.set_xticks(range(len(rows_)), [r["label"] for r in rows_], rotation=35, ha="right")
+    log_axis(a, "y", ticks=(1, 3, 10, 30, 100, 300, 1000, 3000))
     a.set_ylabel("TFLOPs (forward, batch 1)")
-    a.set_yscale("log")
-    a.set_title("ours: Llama-2-7B's shapes, by kind", fontsize=9)
-    a.legend(fontsize=8)
+    a.set_title("ours: Llama-2-7B's shapes, by kind")
+    a.legend(fontsize=8, ncols=4, loc="upper left")
     paired = [(r["label"], r["paper_total"], r["total"]) for r in rows_ if r["paper_total"] is not None]
     xs = range(len(paired))
-    b.bar([x - 0.2 for x in xs], [p[1] for p in paired], width=0.4, label="paper")
-    b.bar([x + 0.2 for x in xs], [p[2] for p in paired], width=0.4, label="ours")
-    b.set_xticks(list(xs), [p[0] for p in paired], fontsize=8)
-    b.set_ylabel("total TFLOPs")
-    b.set_title("the paper's printed row (8192) beside ours", fontsize=9)
-    b.legend(fontsize=8)
-    return fig
+    for dx, j, who, colour in ((-0.2, 1, "paper", color("paper")), (0.2, 2, "ours", "tab:gray")):
+        b.bar([x + dx for x in xs], [p[j] for p in paired], width=0.4, color=colour, label=who)
+        for x, p in zip(xs, paired):
+            b.annotate(f"{p[j]:.1f}", (x + dx, p[j]), ha="center", va="bottom", fontsize=7)
+    b.set_xticks(list(xs), [p[0] for p in paired])
+    b.set_ylabel("total TFLOPs (forward, batch 1)")
+    b.set_title("the paper's printed row (8192) beside ours")
+    b.legend(fontsize=8, loc="lower right")
+    return fonts(fig)
 
 
 def verdict(result: dict, rows_: list[dict]) -> str:

@@ -47,29 +47,35 @@ def compare(result: dict) -> list[dict]:
 
 
 def plot(result: dict, rows_: list[dict]):
+    """Ours against the learning rate (each row's own; the paper has no such ablation): left, short and S2-Attn
+    relative to full-attention FT at the same rate, tested with full attention (solid) and with their own pattern
+    (dashed), the paper's Table 1 at 8192 dotted; right, the absolute sliding-window perplexities. One colour per
+    setting in both panels."""
+    from ..plotting import color, log_axis
+    from .compare import fonts
+
     fig, (a, b) = figure()
     lrs = sorted({r["lr"] for r in result["rows"]})
     for s, marker in (("short", "s"), ("s2", "^")):
         pts = [r for r in rows_ if r["label"].startswith(s + " ")]
-        a.plot(lrs, [100 * r["ours_rel"] for r in pts], marker=marker, label=f"{s}, tested with full attention")
-        a.plot(lrs, [100 * r["ours_own_rel"] for r in pts], marker=marker, ls="--",
+        a.plot(lrs, [100 * r["ours_rel"] for r in pts], marker=marker, color=color(s),
+               label=f"{s}, tested with full attention")
+        a.plot(lrs, [100 * r["ours_own_rel"] for r in pts], marker=marker, ls="--", color=color(s),
                label=f"{s}, tested with its own pattern")
-    p_s2 = next(r["paper_rel"] for r in rows_ if r["label"].startswith("s2 "))
-    p_short = next(r["paper_rel"] for r in rows_ if r["label"].startswith("short "))
-    a.axhline(100 * p_short, color="C0", lw=0.8, ls=":", label=f"paper, short @ 8192 ({100 * p_short:+.1f}%)")
-    a.axhline(100 * p_s2, color="C2", lw=0.8, ls=":", label=f"paper, S2 @ 8192 ({100 * p_s2:+.1f}%)")
-    a.set_ylabel("perplexity vs full-attention FT at the same rate (%)")
-    a.set_title(OUR_MODEL + quick_note(result), fontsize=9)
+        paper = next(r["paper_rel"] for r in rows_ if r["label"].startswith(s + " "))
+        a.axhline(100 * paper, color=color(s), lw=0.8, ls=":", label=f"paper, {s} @ 8192 ({100 * paper:+.1f}%)")
+    a.set_ylabel("perplexity vs full FT at the same rate (%)")
+    a.set_title(OUR_MODEL + quick_note(result))
     for s, marker in (("full", "o"), ("short", "s"), ("s2", "^")):
         pts = [r for r in rows_ if r["label"].startswith(s + " ")]
-        b.plot(lrs, [r["ours"] for r in pts], marker=marker, label=s)
-    b.set_ylabel("perplexity, tested with full attention")
-    b.set_title("absolute perplexity (ours)", fontsize=9)
+        b.plot(lrs, [r["ours"] for r in pts], marker=marker, color=color(s), label=s)
+    b.set_ylabel("sliding-window perplexity, full attention")
+    b.set_title("ours: absolute perplexity")
     for ax in (a, b):
-        ax.set_xscale("log")
-        ax.set_xlabel("learning rate (250 steps, constant after 20 warmup)")
+        log_axis(ax, "x", ticks=lrs)
+        ax.set_xlabel("learning rate of the row (250 steps, constant after 20 warmup)")
         ax.legend(fontsize=7)
-    return fig
+    return fonts(fig)
 
 
 def verdict(result: dict, rows_: list[dict]) -> str:

@@ -237,3 +237,59 @@ def diagnosis(result: dict) -> str:
             parts.append(f"{s} @ {n}: " + ", ".join(f"{t} {pct(g['ours_rel'])} ({g['vs_full_test']})"
                                                     for t, g in get.items() if g and t != "full"))
     return "Tested with keys hidden (vs the same model under full attention): " + "; ".join(parts) + "."
+
+
+def plot_diagnostics(result: dict):
+    """One panel per context: each diagnosed model's perplexity under each test, relative to the same model under
+    full attention (below zero: hiding those keys helps it)."""
+    from ..plotting import color
+
+    d = diagnostics(result)
+    contexts = sorted({r["context"] for r in d})
+    fig, axes = figure(ncols=len(contexts), width=5.5 * len(contexts))
+    tests = TESTS[1:]
+    width = 0.8 / len(DIAGNOSED)
+    for ax, n in zip(axes, contexts):
+        for i, s in enumerate(DIAGNOSED):
+            pts = {r["test"]: r for r in d if r["setting"] == s and r["context"] == n}
+            xs = [t + (i - len(DIAGNOSED) / 2 + 0.5) * width for t in range(len(tests))]
+            ax.bar(xs, [100 * pts[t]["ours_rel"] if t in pts else 0.0 for t in tests], width, color=color(s),
+                   label=s, edgecolor="black", linewidth=0.4)
+        ax.set_xticks(range(len(tests)), [t.replace("window_sinks", "window+sinks") for t in tests], fontsize=8)
+        ax.axhline(0, color="black", lw=0.8)
+        label_axes(ax, f"{n} tokens: keys hidden at test time" + quick_note(result), "test",
+                   "perplexity vs the same model, full attention (%)", legend=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_mass(result: dict, context: int | None = None, settings=("base+PI", "full", "short", "s2", "s2_sink")):
+    """Attention on the first MASS_K tokens under full attention at `context` (default the longest): a heatmap per
+    model (layers x heads, queries of the window's second half), and the mean over layers and heads against the
+    query's position."""
+    from ..plotting import color
+
+    m = mass(result)
+    context = context or max(n for _, n in m)
+    settings = [s for s in settings if (s, context) in m]
+    fig, axes = figure(ncols=len(settings) + 1, width=2.3 * len(settings) + 4.5, height=3.0)
+    for ax, s in zip(axes, settings):
+        grid = m[(s, context)]["per_head"]
+        ax.imshow(grid, vmin=0, vmax=1, cmap="Blues", aspect="auto")
+        for li, row in enumerate(grid):
+            for hi, v in enumerate(row):
+                ax.text(hi, li, f"{v:.2f}"[1:] if v < 1 else "1", ha="center", va="center", fontsize=6,
+                        color="white" if v > 0.6 else "black")
+        ax.set_title(s, fontsize=9)
+        ax.set_xlabel("head")
+        ax.set_yticks(range(len(grid)))
+        ax.grid(False)
+    axes[0].set_ylabel("layer")
+    last = axes[-1]
+    for s in settings:
+        pos = m[(s, context)]["by_position"]
+        last.plot([(i + 0.5) * context / len(pos) for i in range(len(pos))], pos, marker=".", color=color(s), label=s)
+    label_axes(last, f"mean over layers and heads, {context} tokens", "query position",
+               f"attention on the first {MASS_K} tokens", legend=7)
+    fig.tight_layout()
+    return fig

@@ -3,7 +3,8 @@ at 8x the base's context (the paper's 32k of Llama 2's 4k)."""
 
 from __future__ import annotations
 
-from .compare import paper_value, pct, ppl_row, reference, relative_bars, seeds_text
+from .compare import (OUR_MODEL, PAPER_MODEL, bars, figure, fonts, paired_bars, paper_value, pct, ppl_row,
+                      quick_note, reference, seeds_text)
 from .plan import Plan
 from .runner import run_fields
 
@@ -55,8 +56,27 @@ def compare(result: dict) -> list[dict]:
     return out
 
 
+# ------------------------------------------------------------------------------------------------------- plotting
+# the rows' colours: plotting.SETTING_COLORS where it names the setting; the two single additions have none there
+T2_COLORS = {"full": "full_ft", "lora": "lora", "lora+norm+embed": "lora_plus"}
+T2_OTHER_COLORS = {"lora+norm": "tab:olive", "lora+embed": "tab:cyan"}
+
+
 def plot(result: dict, rows_: list[dict]):
-    return relative_bars(result, rows_, "full FT")
+    """The paper's perplexity against full FT (left); ours (right) over the first three quarters of the window, the
+    verdict's metric, with the sliding-window perplexity hatched beside it."""
+    from ..plotting import color
+
+    fig, (a, b) = figure()
+    labels = [r["label"] for r in rows_]
+    settings = [r["label"].split()[0] for r in rows_]
+    colors = [color(T2_COLORS[s]) if s in T2_COLORS else T2_OTHER_COLORS[s] for s in settings]
+    bars(a, labels, [r["paper_rel"] for r in rows_], PAPER_MODEL, "perplexity vs full FT (%)", colors)
+    paired_bars(b, labels, [r["ours_3q_rel"] for r in rows_], [r["ours_rel"] for r in rows_], colors,
+                ("first three quarters of the window (the verdict)", "sliding window, stride 256"))
+    b.set_title(OUR_MODEL + quick_note(result))
+    b.set_ylabel("perplexity vs full FT (%)")
+    return fonts(fig)
 
 
 def verdict(result: dict, rows_: list[dict]) -> str:

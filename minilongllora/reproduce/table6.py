@@ -3,7 +3,7 @@ stride sparse), LoRA+ at 8x (the paper's 32k), each tested with its own pattern 
 
 from __future__ import annotations
 
-from .compare import paper_value, pct, ppl_row, reference, relative_bars, seeds_text
+from .compare import OUR_MODEL, PAPER_MODEL, figure, paper_value, pct, ppl_row, quick_note, reference, seeds_text
 from .plan import Plan
 from .runner import run_fields
 
@@ -50,7 +50,24 @@ def compare(result: dict) -> list[dict]:
 
 
 def plot(result: dict, rows_: list[dict]):
-    return relative_bars(result, rows_, "S2 tested full", ["C1" if "own" in r["label"] else "C0" for r in rows_])
+    """Per pattern, in its colour: tested with full attention (solid: the verdict's) and with its own pattern
+    (hatched), relative to S2-Attn tested with full attention; the paper (left) and ours (right), sliding-window
+    perplexity."""
+    from ..plotting import color
+    from .compare import fonts, paired_bars
+
+    get = {r["label"]: r for r in rows_}
+    patterns = list(dict.fromkeys(r["label"].split()[0] for r in rows_))
+    colors = [color(p) for p in patterns]
+    names = ("tested with full attention", "tested with its own pattern")
+    fig, axes = figure()
+    for ax, key, title in ((axes[0], "paper_rel", PAPER_MODEL), (axes[1], "ours_rel", OUR_MODEL + quick_note(result))):
+        paired_bars(ax, patterns, [get[f"{p} tested full"][key] for p in patterns],
+                    [get[f"{p} tested own"][key] for p in patterns], colors, names)
+        ax.set_title(title)
+        ax.set_ylabel("perplexity vs S2 tested full (%)")
+    axes[1].set_ylabel("sliding-window ppl vs S2 tested full (%)")
+    return fonts(fig)
 
 
 def verdict(result: dict, rows_: list[dict]) -> str:

@@ -4,7 +4,7 @@ nearest to the paper's 8k = 2x: at 2x the nearest valid 1/6 group would be 64 = 
 
 from __future__ import annotations
 
-from .compare import paper_value, pct, ppl_row, reference, relative_bars, seeds_text
+from .compare import OUR_MODEL, PAPER_MODEL, bars, figure, paper_value, pct, ppl_row, quick_note, reference, seeds_text
 from .plan import Plan, group_size_for
 from .runner import run_fields
 
@@ -45,8 +45,28 @@ def compare(result: dict) -> list[dict]:
     return out
 
 
+# the rows' colours: full attention's from plotting.SETTING_COLORS, the paper's default group 1/4 S2-Attn's; the other
+# group sizes have none there
+T7_OTHER_COLORS = {"1/2": "tab:cyan", "1/6": "tab:purple", "1/8": "tab:red"}
+
+
 def plot(result: dict, rows_: list[dict]):
-    return relative_bars(result, rows_, "full attention")
+    """The paper's perplexity against full attention (left); ours (right) with the sliding-window perplexity (solid)
+    and the first three quarters of the window (hatched), both of which the verdict reads."""
+    from ..plotting import color
+    from .compare import fonts, paired_bars
+
+    fig, (a, b) = figure()
+    labels = [r["label"] for r in rows_]
+    groups = [r["label"].split()[0] for r in rows_]
+    colors = [color("full") if g == "full" else color("s2") if g == "1/4" else T7_OTHER_COLORS[g] for g in groups]
+    bars(a, groups, [r["paper_rel"] for r in rows_], PAPER_MODEL + " (8192)", "perplexity vs full attention (%)",
+         colors)  # the group as a fraction: the token counts of our labels are ours
+    paired_bars(b, labels, [r["ours_rel"] for r in rows_], [r["ours_3q_rel"] for r in rows_], colors,
+                ("sliding window, stride 256", "first three quarters of the window"))
+    b.set_title(OUR_MODEL + quick_note(result))
+    b.set_ylabel("perplexity vs full attention (%)")
+    return fonts(fig)
 
 
 def verdict(result: dict, rows_: list[dict]) -> str:

@@ -42,7 +42,14 @@ def compare(result: dict) -> list[dict]:
 
 
 def plot(result: dict, rows_: list[dict]):
-    return relative_bars(result, rows_, "full attention")
+    """The paper's perplexity against full attention (left) and ours, sliding-window (right), each variant in its
+    colour."""
+    from ..plotting import color
+    from .compare import fonts
+
+    fig = relative_bars(result, rows_, "full attention", [color(r["label"]) for r in rows_])
+    fig.axes[1].set_ylabel("sliding-window perplexity vs full attention (%)")
+    return fonts(fig)
 
 
 def verdict(result: dict, rows_: list[dict]) -> str:
