@@ -217,6 +217,9 @@ def test_other_tables_quick(name, ids, base_dir, dirs, capsys):
         assert all(0 <= r["accuracy"] <= 1 for r in rows)
         factors = {r["model"]: r["rope_factor"] for r in rows}
         assert factors["extended + extended PI"] == pytest.approx(rep.EXTENDED_PI * factors["extended"])
+        assert factors["extended"] == rep.figure4.FACTOR  # the paper's 32k = 8x its base's 4k
+        assert {(r["model"], r["format"]) for r in rows} == \
+            {(m, f) for m in factors for f in rep.figure4.FORMATS}  # both prompts, every model once per length
 
 
 def test_the_cache_key_depends_on_the_code_a_run_executes(tmp_path, monkeypatch):

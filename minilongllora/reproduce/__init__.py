@@ -18,7 +18,8 @@
     table8   S2-Attn variants roll (Algorithm 1), roll_up (Var 1), split (Var 2), swap (Var 3), and full attention,
              at 2x
     table11  the FLOPs of Llama-2-7B by kind at 8192 … 65536 tokens, full attention vs S2-Attn (seconds, no training)
-    figure4  passkey retrieval against length: the base and the 16x model, each with and without "extended PI"
+    figure4  passkey retrieval against length: the base and the 8x LoRA+ model, each with and without "extended PI",
+             with the code prompt the base retrieves from and with the paper's
     figure5  validation perplexity against fine-tuning steps: full FT vs LoRA+, S2-Attn, at 2x
 
 Everything starts from one base model (default `data/tiny-base`: the byte-level `tiny` LLaMA, 3,295,488 parameters
@@ -64,10 +65,10 @@ starts from an empty cache; "in order" runs the tables in the order listed, each
     figure5          4 min    2 min     2 (1)
     table6          17 min   17 min     7 (7)
     table2          17 min   13 min     8 (6)
-    figure4          6 min    6 min     1 (1)
+    figure4          3 min    1 min     1 (0)
     table7          10 min   10 min     5 (5)
     table11          0 min    0 min     0 (0)
-    all                   ~ 2 h 10 min  (51 runs of 1.6M tokens; N seeds: about N times as long)
+    all                   ~ 2 h 5 min  (50 runs of 1.6M tokens; N seeds: about N times as long)
 
 `--quick` runs every table with 2 steps of 1 sequence at contexts of 2 x 64 … 16 x 64 tokens (PI by context / L
 where that is above 1), 2 evaluation windows, 1 document, 1 passkey trial at 2 lengths: the mechanics in seconds
