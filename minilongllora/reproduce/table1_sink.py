@@ -265,8 +265,8 @@ def plot_diagnostics(result: dict):
 
 def plot_mass(result: dict, context: int | None = None, settings=("base+PI", "full", "short", "s2", "s2_sink")):
     """Attention on the first MASS_K tokens under full attention at `context` (default the longest): a heatmap per
-    model (layers x heads, queries of the window's second half), and the mean over layers and heads against the
-    query's position."""
+    model (layers x heads, queries of the window's second half, in %; colour from 0 to 100%), and the mean over
+    layers and heads against the query's position."""
     from ..plotting import color
 
     m = mass(result)
@@ -277,10 +277,10 @@ def plot_mass(result: dict, context: int | None = None, settings=("base+PI", "fu
         grid = m[(s, context)]["per_head"]
         ax.imshow(grid, vmin=0, vmax=1, cmap="Blues", aspect="auto")
         for li, row in enumerate(grid):
-            for hi, v in enumerate(row):
-                ax.text(hi, li, f"{v:.2f}"[1:] if v < 1 else "1", ha="center", va="center", fontsize=6,
-                        color="white" if v > 0.6 else "black")
-        ax.set_title(s, fontsize=9)
+            for hi, v in enumerate(row):  # in %: a sink head would read 50-90
+                ax.text(hi, li, f"{100 * v:.0f}" if v >= 0.01 else f"{100 * v:.1f}", ha="center", va="center",
+                        fontsize=6, color="white" if v > 0.6 else "black")
+        ax.set_title(f"{s}: max {100 * max(map(max, grid)):.1f}%", fontsize=9)
         ax.set_xlabel("head")
         ax.set_yticks(range(len(grid)))
         ax.grid(False)
@@ -290,6 +290,7 @@ def plot_mass(result: dict, context: int | None = None, settings=("base+PI", "fu
         pos = m[(s, context)]["by_position"]
         last.plot([(i + 0.5) * context / len(pos) for i in range(len(pos))], pos, marker=".", color=color(s), label=s)
     label_axes(last, f"mean over layers and heads, {context} tokens", "query position",
-               f"attention on the first {MASS_K} tokens", legend=7)
+               f"attention on the first {MASS_K} tokens (log scale)", legend=7)
+    last.set_yscale("log")
     fig.tight_layout()
     return fig
