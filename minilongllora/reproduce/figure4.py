@@ -5,7 +5,7 @@ paper's prompt (English filler, which a byte-level model of Python sources does 
 
 from __future__ import annotations
 
-from .compare import average, figure, label_axes, mean, quick_note, seeds_text
+from .compare import average, figure, label_axes, quick_note, seeds_text
 from .plan import Plan
 from .runner import run_fields
 
@@ -74,10 +74,9 @@ def compare(result: dict) -> list[dict]:
     for fmt in dict.fromkeys(_format(r) for r in rows_):
         for model in dict.fromkeys(r["model"] for r in rows_):
             for length in sorted({r["length"] for r in rows_ if r["model"] == model and _format(r) == fmt}):
-                out.append({"label": model, "format": fmt, "length": int(length),
-                            "ours": mean(rows_, "accuracy", model=model, length=length, format=fmt)
-                            if fmt != "paper" or "format" in rows_[0] else
-                            mean(rows_, "accuracy", model=model, length=length)})
+                accs = [r["accuracy"] for r in rows_ if r["model"] == model and r["length"] == length
+                        and _format(r) == fmt]
+                out.append({"label": model, "format": fmt, "length": int(length), "ours": sum(accs) / len(accs)})
     return out
 
 
