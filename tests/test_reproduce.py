@@ -209,9 +209,11 @@ def test_other_tables_quick(name, ids, base_dir, dirs, capsys):
         by = {(r["pattern"], r["test_full_attention"]): r["ppl"] for r in rows}
         assert by[("s2", True)] != by[("s2", False)]  # a model's own pattern is a different computation
     if name == "figure5":
-        assert {r["setting"] for r in rows} == {"full", "lora_plus"}
+        assert {r["setting"] for r in rows} == {"full", "lora_plus", "lora_plus_lr10"}
         starts = [r["val_window_ppl"] for r in rows if r["step"] == 0]
-        assert len(starts) == 2 and starts[0] == starts[1]  # both start from the same interpolated base
+        assert len(starts) == 3 and len(set(starts)) == 1  # all start from the same interpolated base
+        lr = {r["setting"]: r["lr"] for r in rows}
+        assert lr["lora_plus_lr10"] == pytest.approx(10 * lr["lora_plus"]) and lr["lora_plus"] == lr["full"]
     if name == "figure4":
         assert {r["model"] for r in rows} == {"base", "base + extended PI", "extended", "extended + extended PI"}
         assert all(0 <= r["accuracy"] <= 1 for r in rows)

@@ -49,6 +49,19 @@ def resolve(a: list[float], b: list[float]) -> str:
     return "lower" if diff < 0 else "higher"
 
 
+RULE = "a difference called only when the means differ by more than twice the larger standard error"
+
+
+def versus(rows: list[dict], a: dict, b: dict, metric: str = "ppl") -> str:
+    """`resolve` between the rows (one per seed) whose fields equal `a` and those whose fields equal `b`."""
+    return resolve(values(rows, metric, **a), values(rows, metric, **b))
+
+
+def than(resolution: str, other: str) -> str:
+    """"lower than full", "higher than full" or "not resolved": a resolution in words."""
+    return resolution if resolution == "not resolved" else f"{resolution} than {other}"
+
+
 def rel(value: float | None, reference: float | None) -> float | None:
     return None if value is None or not reference else value / reference - 1
 
@@ -79,7 +92,8 @@ def ppl_row(label: str, paper: float | None, paper_ref: float | None, ours_rows:
     return {"label": label, "paper": paper, "paper_rel": rel(paper, paper_ref), "ours": ours,
             "ours_sd": sd(values(ours_rows, "ppl", **match)), "ours_rel": rel(ours, ours_ref["ppl"]),
             "ours_lq": ours_lq, "ours_lq_sd": sd(values(ours_rows, "ppl_last_quarter", **match)),
-            "ours_lq_rel": rel(ours_lq, ours_ref["lq"]), "ours_3q": ours_3q, "ours_3q_rel": rel(ours_3q, ours_ref["3q"]),
+            "ours_lq_rel": rel(ours_lq, ours_ref["lq"]), "ours_3q": ours_3q,
+            "ours_3q_rel": rel(ours_3q, ours_ref["3q"]),
             "seeds": len(values(ours_rows, "ppl", **match))}
 
 

@@ -1,15 +1,22 @@
-"""Figure 5: validation perplexity against fine-tuning steps, full fine-tuning vs LoRA+, S2-Attn at 2x (the paper's 8k). Ours is the
-trainer's whole-window validation perplexity (`val_window_ppl`; `val_ppl` in records made before its rename)."""
+"""Figure 5: validation perplexity against fine-tuning steps, full fine-tuning vs LoRA+, S2-Attn at 2x (the paper's
+8k). Ours is the trainer's whole-window validation perplexity (`val_window_ppl`; `val_ppl` in records made before
+its rename).
+
+Not in the paper: LoRA+ also at ten times the regime's learning rate (`lora_plus_lr10`), the usual LoRA practice
+(LoRA rates ~10x full fine-tuning's), to test whether LoRA+ lags full fine-tuning for want of learning rate."""
 
 from __future__ import annotations
 
-from .compare import OUR_MODEL, PAPER_MODEL, figure, label_axes, mean, pct, quick_note, rel, seeds_text
-from .plan import Plan
+from .compare import (OUR_MODEL, PAPER_MODEL, RULE, figure, label_axes, mean, pct, quick_note, rel, resolve, sd,
+                      seeds_text, than, values)
+from .plan import LR, Plan
 from .record import window_ppl
 
 NAME = "figure5"
 DESCRIPTION = "Figure 5: validation perplexity against fine-tuning steps, full FT vs LoRA+, S2-Attn at 2x"
 ID_FIELDS = ("setting", "step")
+SETTINGS = {"full": ("full", 1.0), "lora_plus": ("lora_plus", 1.0), "lora_plus_lr10": ("lora_plus", 10.0)}
+# setting -> (method, learning rate as a multiple of the regime's LR[method]); lora_plus_lr10 is the diagnostic
 PAPER = {"source": "LongLoRA v3 Figure 5 (PAPER.md §1)", "setup": "Llama2 7B with S2-Attn, target 8192, "
          "RedPajama, PG19 validation perplexity every 100 of 1000 steps (values read from the plot labels).",
          "rows": [{"setting": s, "step": 100 * i, "val_ppl": v} for s, vs in
@@ -21,14 +28,14 @@ PAPER = {"source": "LongLoRA v3 Figure 5 (PAPER.md §1)", "setup": "Llama2 7B wi
 def rows(plan: Plan, runner, seeds) -> list[dict]:
     out, n = [], plan.context(2)
     for seed in seeds:
-        for setting in ("full", "lora_plus"):
-            cfg = plan.config(n, method=setting, attention="s2", seed=seed)
+        for setting, (method, times) in SETTINGS.items():
+            cfg = plan.config(n, method=method, attention="s2", seed=seed, lr=times * LR[method])
             run = runner.train(cfg)
             start = runner.window_ppl_at_start(cfg)
-            out.append({"setting": setting, "step": 0, "tokens": 0, "val_window_ppl": start, "context": n,
-                        "seed": seed, "run": run["key"]})
+            fields = {"context": n, "seed": seed, "lr": cfg.lr, "run": run["key"]}
+            out.append({"setting": setting, "step": 0, "tokens": 0, "val_window_ppl": start, **fields})
             out += [{"setting": setting, "step": m["step"], "tokens": m["tokens"], "val_window_ppl": window_ppl(m),
-                     "context": n, "seed": seed, "run": run["key"]} for m in run["metrics"]
+                     **fields} for m in run["metrics"]
                     if window_ppl(m) is not None]
     return out
 
@@ -39,12 +46,14 @@ def compare(result: dict) -> list[dict]:
     for s in dict.fromkeys(r["setting"] for r in rows_):
         start = mean(rows_, metric, setting=s, step=0)
         for step in sorted({r["step"] for r in rows_ if r["setting"] == s}):
-            v = mean(rows_, metric, setting=s, step=step)
-            out.append({"label": s, "step": step, "ours": v, "ours_rel_start": rel(v, start)})
+            v, vs = mean(rows_, metric, setting=s, step=step), values(rows_, metric, setting=s, step=step)
+            out.append({"label": s, "step": step, "ours": v, "ours_sd": sd(vs), "ours_rel_start": rel(v, start),
+                        "seeds": len(vs)})
     return out
 
 
-F5_NAMES = {"full": ("full FT", "full_ft"), "lora_plus": ("LoRA+", "lora_plus")}  # label, plotting.SETTING_COLORS
+F5_NAMES = {"full": ("full FT", "full_ft"), "lora_plus": ("LoRA+", "lora_plus"),  # label, plotting.SETTING_COLORS
+            "lora_plus_lr10": ("LoRA+ at 10x lr (not in the paper)", "lora_plus_lr10")}
 F5_TICKS = (2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 30, 40, 60, 80, 100)  # the log axis's labels, where the data reach
 
 
@@ -63,7 +72,12 @@ def plot(result: dict, rows_: list[dict]):
     for ax, lines, title, ylabel in zip((a, b), series, (PAPER_MODEL, OUR_MODEL + quick_note(result)), labels):
         for s, pts in lines.items():
             name, key = F5_NAMES.get(s, (s, s))
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color=color(key), label=name)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color=color(key), label=name,
+                    linestyle="--" if s.endswith("_lr10") else "-")
+            spread = [r.get("ours_sd") for r in rows_ if r["label"] == s] if lines is series[1] else []
+            if any(spread):  # ours over seeds: the mean and a band of +- one standard deviation
+                lo, hi = ([p[1] + k * (e or 0.0) for p, e in zip(pts, spread)] for k in (-1, 1))
+                ax.fill_between([p[0] for p in pts], lo, hi, color=color(key), alpha=0.25, linewidth=0)
         label_axes(ax, title, "fine-tuning step", ylabel)
         values = [p[1] for pts in lines.values() for p in pts]
         log_axis(ax, "y", ticks=[t for t in F5_TICKS if min(values) <= t <= max(values)] or None)
@@ -71,14 +85,35 @@ def plot(result: dict, rows_: list[dict]):
 
 
 def verdict(result: dict, rows_: list[dict]) -> str:
-    full, lora = ({r["step"]: r["ours"] for r in rows_ if r["label"] == s} for s in ("full", "lora_plus"))
+    """The paper's two observations under the verdict rule (compare.resolve): LoRA+ against full FT a tenth of the
+    way in and at the end, and whether full FT's curve has turned up (its last step against its best)."""
+    rows, metric = result["rows"], ("val_window_ppl" if any("val_window_ppl" in r for r in result["rows"])
+                                    else "val_ppl")
+    full, lora, lr10 = ({r["step"]: r for r in rows_ if r["label"] == s} for s in SETTINGS)
     p_full, p_lora = ({r["step"]: r["val_ppl"] for r in result["paper"]["rows"] if r["setting"] == s}
                       for s in ("full", "lora_plus"))
-    end, best = max(full), min(full, key=full.get)
-    early = sorted(full)[min(2, len(full) - 1)]  # the first logged steps after 0: where the paper's curves differ
-    return (f"Figure 5 ({seeds_text(result)}): paper, LoRA+ is {pct(p_lora[100] / p_full[100] - 1)} above full FT at "
-            f"step 100 and {pct(p_lora[1000] / p_full[1000] - 1)} at step 1000, both falling throughout; ours, LoRA+ "
-            f"is {pct(lora[early] / full[early] - 1)} above full FT at step {early} and "
-            f"{pct(lora[end] / full[end] - 1)} at step {end} (final {full[end]:.2f} vs {lora[end]:.2f}), and full "
-            f"FT's best perplexity is at step {best} ({full[best]:.2f}), "
-            + ("so the curves turn up before the end." if best < end else "still falling at the end."))
+    end = max(full)
+    early = min((s for s in full if s > 0), key=lambda s: abs(s - end / 10))  # the paper's step 100 of 1000
+
+    def vs_full(step, setting="lora_plus"):
+        run = {"lora_plus": lora, "lora_plus_lr10": lr10}[setting]
+        gap = run[step]["ours"] / full[step]["ours"] - 1
+        res = resolve(values(rows, metric, setting=setting, step=step), values(rows, metric, setting="full", step=step))
+        return f"{pct(gap)} ({than(res, 'full FT')}) at step {step}"
+
+    def pm(r):
+        return f"{r['ours']:.2f}" + (f" ± {r['ours_sd']:.2f}" if r.get("ours_sd") is not None else "")
+
+    best = min(full, key=lambda k: full[k]["ours"])
+    turn = resolve(values(rows, metric, setting="full", step=end), values(rows, metric, setting="full", step=best))
+    prev = max(k for k in lora if k < end)
+    return (f"Figure 5 ({seeds_text(result)}; {RULE}): paper, LoRA+ is {pct(p_lora[100] / p_full[100] - 1)} above "
+            f"full FT at step 100 and {pct(p_lora[1000] / p_full[1000] - 1)} at step 1000, both falling throughout; "
+            f"ours, LoRA+ is {vs_full(early)} and {vs_full(end)} (final {pm(full[end])} vs {pm(lora[end])}); "
+            "full FT's last step "
+            + ("is its best" if best == end else
+               f"against its best (step {best}, {pm(full[best])}): " + ("higher, so its curve turns up before the end"
+                                                                        if turn == "higher" else turn))
+            + f"; LoRA+ moved {pct(lora[end]['ours'] / lora[prev]['ours'] - 1)} over its last {end - prev} steps"
+            + ("." if not lr10 else f"; at ten times the learning rate (not in the paper) LoRA+ is "
+               f"{vs_full(early, 'lora_plus_lr10')} and {vs_full(end, 'lora_plus_lr10')} ({pm(lr10[end])})."))

@@ -1,11 +1,12 @@
 """Table 1: full-attention fine-tuning vs short attention (pattern 1 only) vs S2-Attn, at 2x / 4x / 8x the base's
-context (the paper's 8k / 16k / 32k of Llama 2's 4k), full fine-tuning with PI, tested with full attention; and the starting point ("base+PI": the base with the
-interpolation, before fine-tuning, kept apart from the table's rows under "starting_point")."""
+context (the paper's 8k / 16k / 32k of Llama 2's 4k), full fine-tuning with PI, tested with full attention; and the
+starting point ("base+PI": the base with the interpolation, before fine-tuning, kept apart from the table's rows under
+"starting_point")."""
 
 from __future__ import annotations
 
-from .compare import (OUR_MODEL, PAPER_MODEL, figure, label_axes, paper_value, pct, ppl_row, quick_note, reference,
-                      resolve, seeds_text, values)
+from .compare import (OUR_MODEL, PAPER_MODEL, RULE, figure, label_axes, paper_value, pct, ppl_row, quick_note,
+                      reference, resolve, seeds_text, than, values)
 from .plan import Plan, group_of
 from .runner import run_fields
 
@@ -90,21 +91,17 @@ def outcome(rows: list[dict], n: int, metric: str = "ppl") -> dict:
     return res
 
 
-def _than(resolution: str, other: str) -> str:
-    return resolution if resolution == "not resolved" else f"{resolution} than {other}"
-
-
 def verdict(result: dict, rows_: list[dict]) -> str:
     rows = result["rows"]
     parts = []
     for n in sorted({r["context"] for r in rows}):
         o, q = outcome(rows, n), outcome(rows, n, "ppl_last_quarter")
-        parts.append(f"at {n}: S2-Attn {pct(o['gap_s2'])} ({_than(o['s2_vs_full'], 'full')}), short "
-                     f"{pct(o['gap_short'])} ({_than(o['short_vs_full'], 'full')}), S2-Attn "
-                     f"{_than(o['s2_vs_short'], 'short')}: {o['finding']} (last quarter: S2-Attn {pct(q['gap_s2'])}, "
+        parts.append(f"at {n}: S2-Attn {pct(o['gap_s2'])} ({than(o['s2_vs_full'], 'full')}), short "
+                     f"{pct(o['gap_short'])} ({than(o['short_vs_full'], 'full')}), S2-Attn "
+                     f"{than(o['s2_vs_short'], 'short')}: {o['finding']} (last quarter: S2-Attn {pct(q['gap_s2'])}, "
                      f"short {pct(q['gap_short'])}, {q['finding']})")
     paper = {s: [r["paper_rel"] for r in rows_ if r["setting"] == s] for s in ("s2", "short")}
-    return (f"Table 1 ({seeds_text(result)}; mean perplexity relative to full-attention fine-tuning, a difference "
-            "called only when the means differ by more than twice the larger standard error): the paper, S2-Attn "
+    return (f"Table 1 ({seeds_text(result)}; mean perplexity relative to full-attention fine-tuning, {RULE}): "
+            "the paper, S2-Attn "
             f"{pct(min(paper['s2']))}...{pct(max(paper['s2']))} and short attention {pct(min(paper['short']))}..."
             f"{pct(max(paper['short']))}; ours " + "; ".join(parts) + ".")
