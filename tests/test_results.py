@@ -171,7 +171,7 @@ def test_table1_outcome_follows_the_rule():
 
 
 def _synthetic(module, field, means, spread=0.01, **extra):
-    """A results dict of `module`, 3 seeds per row: `means` maps the ID value to its mean ppl (seeds: mean, +-spread)."""
+    """A results dict of `module`, 3 seeds per row: `means` maps each ID value to its mean ppl."""
     rows = [{field: k, "seed": i, "ppl": m + d, "ppl_last_quarter": m + d, **extra}
             for k, m in means.items() for i, d in enumerate((-spread, 0.0, spread))]
     return {"rows": rows, "settings": {"seeds": [0, 1, 2]}, "paper": module.PAPER}

@@ -138,13 +138,23 @@ def plain_log(ax) -> None:
     ax.tick_params(axis="y", which="minor", labelsize=7)
 
 
-def bars(ax, labels: list[str], values: list[float | None], title: str, ylabel: str, colors=None):
+def rel_sd(row: dict) -> float | None:
+    """A compared row's standard deviation over seeds as a fraction of its reference row's mean (None: one seed)."""
+    if row.get("ours_sd") is None or not row.get("ours") or row.get("ours_rel") is None:
+        return None
+    return row["ours_sd"] / row["ours"] * (1 + row["ours_rel"])
+
+
+def bars(ax, labels: list[str], values: list[float | None], title: str, ylabel: str, colors=None, errors=None):
+    """Bars of fractions, drawn in %, annotated; `errors` (fractions or None): +- one standard deviation over seeds."""
     xs = range(len(labels))
     heights = [math.nan if v is None else 100 * v for v in values]
-    ax.bar(xs, [0 if math.isnan(h) else h for h in heights], color=colors or "C0")
-    for x, h in zip(xs, heights):
-        ax.annotate("n/a" if math.isnan(h) else f"{h:+.1f}", (x, 0 if math.isnan(h) else h), ha="center",
-                    va="bottom" if math.isnan(h) or h >= 0 else "top", fontsize=7)
+    yerr = None if not errors or not any(errors) else [100 * (e or 0.0) for e in errors]
+    ax.bar(xs, [0 if math.isnan(h) else h for h in heights], color=colors or "C0", yerr=yerr, capsize=3,
+           error_kw={"lw": 0.8})
+    for x, h, e in zip(xs, heights, yerr or [0.0] * len(heights)):  # above the error bar
+        ax.annotate("n/a" if math.isnan(h) else f"{h:+.1f}", (x, 0 if math.isnan(h) else h + math.copysign(e, h)),
+                    ha="center", va="bottom" if math.isnan(h) or h >= 0 else "top", fontsize=7)
     ax.set_xticks(list(xs), labels, rotation=35, ha="right", fontsize=8)
     ax.axhline(0, color="black", lw=0.8)
     ax.set_title(title, fontsize=9)
@@ -157,7 +167,8 @@ def relative_bars(result: dict, rows: list[dict], reference_name: str, colors=No
     labels = [r["label"] for r in rows]
     bars(a, labels, [r["paper_rel"] for r in rows], PAPER_MODEL, f"perplexity vs {reference_name} (%)", colors)
     ylabel = f"perplexity vs {reference_name} (%)"
-    bars(b, labels, [r["ours_rel"] for r in rows], OUR_MODEL + quick_note(result), ylabel, colors)
+    bars(b, labels, [r["ours_rel"] for r in rows], OUR_MODEL + quick_note(result), ylabel, colors,
+         [rel_sd(r) for r in rows])
     return fig
 
 
@@ -185,17 +196,21 @@ def fonts(fig):
     return fig
 
 
-def paired_bars(ax, labels: list[str], solid: list, hatched: list, colors: list[str], names: tuple[str, str]):
-    """Two bars per label, in its colour: `solid` (fractions, drawn in %, annotated: the verdict's metric) and, hatched
-    beside it, `hatched`; `names` are their legend entries."""
+def paired_bars(ax, labels: list[str], solid: list, hatched: list, colors: list[str], names: tuple[str, str],
+                errors=None):
+    """Two bars per label, in its colour: `solid` (fractions, drawn in %, annotated: the verdict's metric; `errors`,
+    fractions or None: +- one standard deviation over seeds) and, hatched beside it, `hatched`; `names` are their
+    legend entries."""
     from matplotlib.patches import Patch
 
     xs = range(len(labels))
     solid_h, hatched_h = ([0.0 if v is None else 100 * v for v in values] for values in (solid, hatched))
-    ax.bar([x - 0.2 for x in xs], solid_h, width=0.4, color=colors)
+    yerr = None if not errors or not any(errors) else [100 * (e or 0.0) for e in errors]
+    ax.bar([x - 0.2 for x in xs], solid_h, width=0.4, color=colors, yerr=yerr, capsize=3, error_kw={"lw": 0.8})
     ax.bar([x + 0.2 for x in xs], hatched_h, width=0.4, color="white", edgecolor=colors, hatch="////", lw=0.8)
-    for x, h in zip(xs, solid_h):
-        ax.annotate(f"{h:+.1f}", (x - 0.2, h), ha="center", va="bottom" if h >= 0 else "top", fontsize=7)
+    for x, h, e in zip(xs, solid_h, yerr or [0.0] * len(solid_h)):  # above the error bar
+        ax.annotate(f"{h:+.1f}", (x - 0.2, h + math.copysign(e, h)), ha="center", va="bottom" if h >= 0 else "top",
+                    fontsize=7)
     ax.set_xticks(list(xs), labels, rotation=35, ha="right")
     ax.axhline(0, color="black", lw=0.8)
     lo, hi = min(0.0, *solid_h, *hatched_h), max(0.0, *solid_h, *hatched_h)

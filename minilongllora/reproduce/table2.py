@@ -4,7 +4,7 @@ at 8x the base's context (the paper's 32k of Llama 2's 4k)."""
 from __future__ import annotations
 
 from .compare import (OUR_MODEL, PAPER_MODEL, RULE, bars, figure, fonts, paired_bars, paper_value, pct, ppl_row,
-                      quick_note, reference, seeds_text, than, versus)
+                      quick_note, reference, rel_sd, seeds_text, than, versus)
 from .plan import Plan
 from .runner import run_fields
 
@@ -71,7 +71,8 @@ def plot(result: dict, rows_: list[dict]):
     colors = [color(T2_COLORS[s]) if s in T2_COLORS else T2_OTHER_COLORS[s] for s in settings]
     bars(a, labels, [r["paper_rel"] for r in rows_], PAPER_MODEL, "perplexity vs full FT (%)", colors)
     paired_bars(b, labels, [r["ours_rel"] for r in rows_], [r["ours_3q_rel"] for r in rows_], colors,
-                ("sliding window, stride 256 (the verdict)", "first three quarters of the window"))
+                ("sliding window, stride 256 (the verdict)", "first three quarters of the window"),
+                [rel_sd(r) for r in rows_])
     b.set_title(OUR_MODEL + quick_note(result))
     b.set_ylabel("perplexity vs full FT (%)")
     return fonts(fig)

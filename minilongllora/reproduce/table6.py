@@ -55,7 +55,7 @@ def plot(result: dict, rows_: list[dict]):
     (hatched), relative to S2-Attn tested with full attention; the paper (left) and ours (right), sliding-window
     perplexity."""
     from ..plotting import color
-    from .compare import fonts, paired_bars
+    from .compare import fonts, paired_bars, rel_sd
 
     get = {r["label"]: r for r in rows_}
     patterns = list(dict.fromkeys(r["label"].split()[0] for r in rows_))
@@ -64,7 +64,8 @@ def plot(result: dict, rows_: list[dict]):
     fig, axes = figure()
     for ax, key, title in ((axes[0], "paper_rel", PAPER_MODEL), (axes[1], "ours_rel", OUR_MODEL + quick_note(result))):
         paired_bars(ax, patterns, [get[f"{p} tested full"][key] for p in patterns],
-                    [get[f"{p} tested own"][key] for p in patterns], colors, names)
+                    [get[f"{p} tested own"][key] for p in patterns], colors, names,
+                    [rel_sd(get[f"{p} tested full"]) for p in patterns] if key == "ours_rel" else None)
         ax.set_title(title)
         ax.set_ylabel("perplexity vs S2 tested full (%)")
     axes[1].set_ylabel("sliding-window ppl vs S2 tested full (%)")

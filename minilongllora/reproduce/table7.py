@@ -53,7 +53,7 @@ def plot(result: dict, rows_: list[dict]):
     """The paper's perplexity against full attention (left); ours (right) with the sliding-window perplexity (solid)
     and the first three quarters of the window (hatched), both of which the verdict reads."""
     from ..plotting import color
-    from .compare import fonts, paired_bars
+    from .compare import fonts, paired_bars, rel_sd
 
     fig, (a, b) = figure()
     labels = [r["label"] for r in rows_]
@@ -62,7 +62,7 @@ def plot(result: dict, rows_: list[dict]):
     bars(a, groups, [r["paper_rel"] for r in rows_], PAPER_MODEL + " (8192)", "perplexity vs full attention (%)",
          colors)  # the group as a fraction: the token counts of our labels are ours
     paired_bars(b, labels, [r["ours_rel"] for r in rows_], [r["ours_3q_rel"] for r in rows_], colors,
-                ("sliding window, stride 256", "first three quarters of the window"))
+                ("sliding window, stride 256", "first three quarters of the window"), [rel_sd(r) for r in rows_])
     b.set_title(OUR_MODEL + quick_note(result))
     b.set_ylabel("perplexity vs full attention (%)")
     return fonts(fig)
