@@ -86,34 +86,41 @@ def plot(result: dict, rows_: list[dict]):
 
 def verdict(result: dict, rows_: list[dict]) -> str:
     """The paper's two observations under the verdict rule (compare.resolve): LoRA+ against full FT a tenth of the
-    way in and at the end, and whether full FT's curve has turned up (its last step against its best)."""
+    way in and at the end, and whether a curve has turned up (its last step against its best)."""
     rows, metric = result["rows"], ("val_window_ppl" if any("val_window_ppl" in r for r in result["rows"])
                                     else "val_ppl")
-    full, lora, lr10 = ({r["step"]: r for r in rows_ if r["label"] == s} for s in SETTINGS)
+    curves = {s: {r["step"]: r for r in rows_ if r["label"] == s} for s in SETTINGS}
+    full, lora, lr10 = curves.values()
     p_full, p_lora = ({r["step"]: r["val_ppl"] for r in result["paper"]["rows"] if r["setting"] == s}
                       for s in ("full", "lora_plus"))
     end = max(full)
     early = min((s for s in full if s > 0), key=lambda s: abs(s - end / 10))  # the paper's step 100 of 1000
 
     def vs_full(step, setting="lora_plus"):
-        run = {"lora_plus": lora, "lora_plus_lr10": lr10}[setting]
-        gap = run[step]["ours"] / full[step]["ours"] - 1
+        gap = curves[setting][step]["ours"] / full[step]["ours"] - 1
         res = resolve(values(rows, metric, setting=setting, step=step), values(rows, metric, setting="full", step=step))
         return f"{pct(gap)} ({than(res, 'full FT')}) at step {step}"
 
-    def pm(r):
-        return f"{r['ours']:.2f}" + (f" ± {r['ours_sd']:.2f}" if r.get("ours_sd") is not None else "")
+    def turn(setting):
+        """Where the curve is best, and whether its last point is resolved above that (it turned up)."""
+        curve = curves[setting]
+        best = min(curve, key=lambda k: curve[k]["ours"])
+        if best == end:
+            return "best at its last step"
+        res = resolve(values(rows, metric, setting=setting, step=end), values(rows, metric, setting=setting, step=best))
+        return f"best at step {best} ({pm(curve[best])}), its last step against that: {res}"
 
-    best = min(full, key=lambda k: full[k]["ours"])
-    turn = resolve(values(rows, metric, setting="full", step=end), values(rows, metric, setting="full", step=best))
     prev = max(k for k in lora if k < end)
     return (f"Figure 5 ({seeds_text(result)}; {RULE}): paper, LoRA+ is {pct(p_lora[100] / p_full[100] - 1)} above "
             f"full FT at step 100 and {pct(p_lora[1000] / p_full[1000] - 1)} at step 1000, both falling throughout; "
-            f"ours, LoRA+ is {vs_full(early)} and {vs_full(end)} (final {pm(full[end])} vs {pm(lora[end])}); "
-            "full FT's last step "
-            + ("is its best" if best == end else
-               f"against its best (step {best}, {pm(full[best])}): " + ("higher, so its curve turns up before the end"
-                                                                        if turn == "higher" else turn))
-            + f"; LoRA+ moved {pct(lora[end]['ours'] / lora[prev]['ours'] - 1)} over its last {end - prev} steps"
+            f"ours, LoRA+ is {vs_full(early)} and {vs_full(end)} (final {pm(full[end])} vs {pm(lora[end])}); full FT "
+            f"{turn('full')}; LoRA+ moved {pct(lora[end]['ours'] / lora[prev]['ours'] - 1)} over its last "
+            f"{end - prev} steps"
             + ("." if not lr10 else f"; at ten times the learning rate (not in the paper) LoRA+ is "
-               f"{vs_full(early, 'lora_plus_lr10')} and {vs_full(end, 'lora_plus_lr10')} ({pm(lr10[end])})."))
+               f"{vs_full(early, 'lora_plus_lr10')} and {vs_full(end, 'lora_plus_lr10')} ({pm(lr10[end])}), "
+               f"{turn('lora_plus_lr10')}."))
+
+
+def pm(row: dict) -> str:
+    """A compared row's mean, and its standard deviation over seeds when there is one."""
+    return f"{row['ours']:.2f}" + (f" ± {row['ours_sd']:.2f}" if row.get("ours_sd") is not None else "")
