@@ -215,11 +215,12 @@ def test_other_tables_quick(name, ids, base_dir, dirs, capsys):
         lr = {r["setting"]: r["lr"] for r in rows}
         assert lr["lora_plus_lr10"] == pytest.approx(10 * lr["lora_plus"]) and lr["lora_plus"] == lr["full"]
     if name == "figure4":
-        assert {r["model"] for r in rows} == {"base", "base + extended PI", "extended", "extended + extended PI"}
+        assert {r["model"] for r in rows} == {"base", "base + extended PI", "extended", "extended + extended PI",
+                                              "extended (full FT)"}
         assert all(0 <= r["accuracy"] <= 1 for r in rows)
         factors = {r["model"]: r["rope_factor"] for r in rows}
         assert factors["extended + extended PI"] == pytest.approx(rep.EXTENDED_PI * factors["extended"])
-        assert factors["extended"] == rep.figure4.FACTOR  # the paper's 32k = 8x its base's 4k
+        assert factors["extended"] == factors["extended (full FT)"] == rep.figure4.FACTOR  # the paper's 32k = 8x 4k
         assert {(r["model"], r["format"]) for r in rows} == \
             {(m, f) for m in factors for f in rep.figure4.FORMATS}  # both prompts, every model once per length
 

@@ -1,7 +1,10 @@
 """Figure 4: passkey retrieval against length, the base and the 8x LoRA+ model (the paper's 32k of Llama 2's 4k),
 each with and without "extended PI" (the interpolation factor times 1.5, as the paper's 32k -> 48k), with the code
 prompt the base learned to retrieve from (passkey.py: a key line, real code as filler, `assert KEY == `) and with the
-paper's prompt (English filler, which a byte-level model of Python sources does not follow)."""
+paper's prompt (English filler, which a byte-level model of Python sources does not follow).
+
+Not in the paper: the 8x model of full fine-tuning (Table 2's full row), with its own interpolation, beside the LoRA+
+one: does extension itself keep retrieval, whatever LoRA+'s pace?"""
 
 from __future__ import annotations
 
@@ -51,8 +54,10 @@ def rows(plan: Plan, runner, seeds) -> list[dict]:
     lengths, factor = passkey_lengths(plan), n / plan.base_context
     for seed in seeds:
         run = runner.train(plan.config(n, method="lora_plus", attention="s2", seed=seed))  # = table2's LoRA+
+        full = runner.train(plan.config(n, method="full", attention="s2", seed=seed))  # = table2's full FT
         for model, source, rope in (("base", "base", 1.0), ("base + extended PI", "base", EXTENDED_PI),
-                                    ("extended", run, factor), ("extended + extended PI", run, EXTENDED_PI * factor)):
+                                    ("extended", run, factor), ("extended + extended PI", run, EXTENDED_PI * factor),
+                                    ("extended (full FT)", full, factor)):
             trained = plan.base_context if source == "base" else n
             if source == "base" and seed != seeds[0]:  # the base is not trained: tested once
                 continue
@@ -60,7 +65,7 @@ def rows(plan: Plan, runner, seeds) -> list[dict]:
                 for r in runner.passkey(source, lengths, plan.passkey_trials, rope, fmt):
                     out.append({"model": model, "format": fmt, "rope_factor": rope, "trained_context": trained,
                                 "seed": seed if source != "base" else None, **r,
-                                **({} if source == "base" else run_fields(run))})
+                                **({} if source == "base" else run_fields(source))})
     return out
 
 
@@ -76,14 +81,15 @@ def compare(result: dict) -> list[dict]:
             for length in sorted({r["length"] for r in rows_ if r["model"] == model and _format(r) == fmt}):
                 accs = [r["accuracy"] for r in rows_ if r["model"] == model and r["length"] == length
                         and _format(r) == fmt]
-                out.append({"label": model, "format": fmt, "length": int(length), "ours": sum(accs) / len(accs)})
+                out.append({"label": model, "format": fmt, "length": length, "ours": sum(accs) / len(accs)})
     return out
 
 
 # the models' colours (none in plotting.SETTING_COLORS): the base gray, the extended model LoRA+'s green; extended PI
 # dashed with hollow markers. Ours lie on top of each other at 0%: the markers shrink line by line so each shows
 F4_STYLE = {"base": ("tab:gray", "-", "o", 9), "base + extended PI": ("tab:gray", "--", "s", 7),
-            "extended": ("tab:green", "-", "^", 5.5), "extended + extended PI": ("tab:green", "--", "v", 4)}
+            "extended": ("tab:green", "-", "^", 5.5), "extended + extended PI": ("tab:green", "--", "v", 4),
+            "extended (full FT)": ("black", "-", "D", 3)}  # not in the paper: the 8x full-FT model of Table 2
 
 
 def plot(result: dict, rows_: list[dict]):
@@ -124,6 +130,11 @@ def verdict(result: dict, rows_: list[dict]) -> str:
                 f"({_share([r['ours'] for r in get['extended + extended PI'] if r['length'] > n])} with extended "
                 f"PI), the base {_share([r['ours'] for r in base if r['length'] <= L])} within its own {L} and "
                 f"{_share([r['ours'] for r in base if r['length'] > L])} beyond")
+        if get["extended (full FT)"]:  # files made before this row have none
+            full = [(r["length"], r["ours"]) for r in get["extended (full FT)"]]
+            part += (f"; the {n}-token full-FT model (not in the paper) {_share([a for x, a in full if x <= L])} "
+                     f"within {L}, {_share([a for x, a in full if L < x <= n])} from there to {n} and "
+                     f"{_share([a for x, a in full if x > n])} beyond")
         if max(r["ours"] for r in rows_ if r["format"] == fmt) == 0:
             part += " (no model retrieves the key at any length)"
         parts.append(part)
