@@ -23,7 +23,10 @@ def _run_label(config: dict) -> str:
     if config["method"] != "full" and config.get("lora_r") != 8:
         parts.append(f"r={config['lora_r']}")
     parts += [f"{config['seq_len']} tokens", f"lr {config['lr']:g}"]
-    return ", ".join(parts)
+    label = ", ".join(parts)
+    if config.get("train_embed") is False or config.get("train_norm") is False:  # Table 2's single additions
+        label += f" (embed {config['train_embed']}, norm {config['train_norm']})"
+    return label
 
 
 def curves(result: dict, seeds: bool = True) -> dict[str, list[tuple[int, float]]]:
@@ -36,8 +39,6 @@ def curves(result: dict, seeds: bool = True) -> dict[str, list[tuple[int, float]
     out: dict[str, list] = {}
     for key, run in result["settings"]["runs"].items():
         label = _run_label(configs[key])
-        if configs[key].get("train_embed") is False or configs[key].get("train_norm") is False:
-            label += f" (embed {configs[key]['train_embed']}, norm {configs[key]['train_norm']})"
         if several and seeds:
             label += f", seed {configs[key].get('seed', 0)}"
         out.setdefault(label, []).append([(m["step"], window_ppl(m)) for m in run["curve"]])
@@ -58,6 +59,8 @@ def _color(config: dict) -> str | None:
         name = "s2_grow"
     elif config["method"] != "full" and config["attention"] == "s2":
         name = config["method"]
+        if name == "lora_plus" and not (config.get("train_embed", True) and config.get("train_norm", True)):
+            return "tab:cyan" if config.get("train_embed", True) else "tab:olive"  # Table 2's bars: + embed, + norm
     return SETTING_COLORS.get(name)
 
 
