@@ -4,7 +4,9 @@ prompt the base learned to retrieve from (passkey.py: a key line, real code as f
 paper's prompt (English filler, which a byte-level model of Python sources does not follow).
 
 Not in the paper: the 8x model of full fine-tuning (Table 2's full row), with its own interpolation, beside the LoRA+
-one: does extension itself keep retrieval, whatever LoRA+'s pace?"""
+one: does extension itself keep retrieval, whatever LoRA+'s pace? And the same run with the base's own share of
+code-passkey documents in its fine-tuning data (PASSKEY_SHARE, each whole in one row): is the skill lost to the
+interpolation, or to fine-tuning on data that never asks for it?"""
 
 from __future__ import annotations
 
@@ -49,15 +51,21 @@ def passkey_lengths(plan: Plan) -> list[int]:
     return lengths
 
 
+PASSKEY_SHARE = 0.02  # the base's pretraining share of code-passkey documents (data/tiny-base/pretrain_metrics.json)
+
+
 def rows(plan: Plan, runner, seeds) -> list[dict]:
     out, n = [], plan.context(FACTOR)
     lengths, factor = passkey_lengths(plan), n / plan.base_context
     for seed in seeds:
         run = runner.train(plan.config(n, method="lora_plus", attention="s2", seed=seed))  # = table2's LoRA+
         full = runner.train(plan.config(n, method="full", attention="s2", seed=seed))  # = table2's full FT
+        keep = runner.train(plan.config(n, method="full", attention="s2", seed=seed).replace(
+            passkey_share=PASSKEY_SHARE, passkey_placement="row"))  # the same, its data as the base's
         for model, source, rope in (("base", "base", 1.0), ("base + extended PI", "base", EXTENDED_PI),
                                     ("extended", run, factor), ("extended + extended PI", run, EXTENDED_PI * factor),
-                                    ("extended (full FT)", full, factor)):
+                                    ("extended (full FT)", full, factor),
+                                    ("extended (full FT, passkey docs)", keep, factor)):
             trained = plan.base_context if source == "base" else n
             if source == "base" and seed != seeds[0]:  # the base is not trained: tested once
                 continue
@@ -89,7 +97,8 @@ def compare(result: dict) -> list[dict]:
 # dashed with hollow markers. Ours lie on top of each other at 0%: the markers shrink line by line so each shows
 F4_STYLE = {"base": ("tab:gray", "-", "o", 9), "base + extended PI": ("tab:gray", "--", "s", 7),
             "extended": ("tab:green", "-", "^", 5.5), "extended + extended PI": ("tab:green", "--", "v", 4),
-            "extended (full FT)": ("black", "-", "D", 3)}  # not in the paper: the 8x full-FT model of Table 2
+            "extended (full FT)": ("black", "-", "D", 3),  # not in the paper: the 8x full-FT model of Table 2
+            "extended (full FT, passkey docs)": ("tab:blue", "-", "P", 5)}  # and it with 2% passkey documents
 
 
 def plot(result: dict, rows_: list[dict]):
@@ -130,11 +139,14 @@ def verdict(result: dict, rows_: list[dict]) -> str:
                 f"({_share([r['ours'] for r in get['extended + extended PI'] if r['length'] > n])} with extended "
                 f"PI), the base {_share([r['ours'] for r in base if r['length'] <= L])} within its own {L} and "
                 f"{_share([r['ours'] for r in base if r['length'] > L])} beyond")
-        if get["extended (full FT)"]:  # files made before this row have none
-            full = [(r["length"], r["ours"]) for r in get["extended (full FT)"]]
-            part += (f"; the {n}-token full-FT model (not in the paper) {_share([a for x, a in full if x <= L])} "
-                     f"within {L}, {_share([a for x, a in full if L < x <= n])} from there to {n} and "
-                     f"{_share([a for x, a in full if x > n])} beyond")
+        for model, what in (("extended (full FT)", "full-FT model"),
+                            ("extended (full FT, passkey docs)", f"full-FT model with {PASSKEY_SHARE:.0%} passkey "
+                             "documents")):
+            if get[model]:  # files made before these rows have none
+                pts = [(r["length"], r["ours"]) for r in get[model]]
+                part += (f"; the {n}-token {what} (not in the paper) {_share([a for x, a in pts if x <= L])} "
+                         f"within {L}, {_share([a for x, a in pts if L < x <= n])} from there to {n} and "
+                         f"{_share([a for x, a in pts if x > n])} beyond")
         if max(r["ours"] for r in rows_ if r["format"] == fmt) == 0:
             part += " (no model retrieves the key at any length)"
         parts.append(part)
