@@ -16,7 +16,8 @@ from .runner import run_fields
 
 NAME = "figure4"
 DESCRIPTION = ("Figure 4: passkey retrieval accuracy against length, base and 8x LoRA+ model, each with and "
-               "without extended PI (x1.5), code prompt and the paper's")
+               "without extended PI (x1.5), code prompt and the paper's; not in the paper, the 8x full-FT model, "
+               "without and with 2% passkey documents in its fine-tuning data")
 ID_FIELDS = ("model", "format", "target")
 FACTOR = 8  # the extended model: the paper's 32768 = 8x Llama 2's 4096
 FORMATS = ("code", "paper")  # passkey.PASSKEY_FORMATS: the code prompt first (the one the base retrieves from)
