@@ -263,8 +263,13 @@ def test_gradient_accumulation_equals_the_larger_batch(tmp_path):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-6)
     wa = load_file(str(tmp_path / "b4" / "final" / "model.safetensors"))
     wb = load_file(str(tmp_path / "b2x2" / "final" / "model.safetensors"))
+    # Adam divides each gradient element by its own root mean square, so for an element whose gradient is near zero
+    # the fp32 rounding of the two summation orders (a mean over 4 rows; two means over 2, then halved) becomes a
+    # visible share of its update, which is at most lr = 1e-3 per step: the weights agree to 1% of one step (1e-5).
+    # Seen on an Intel Xeon with AMX: 1 element of 16,384 off by 2.1e-6; every other within 1e-6.
     for k in wa:
-        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=1e-6)
+        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=1e-5)
+        assert (wa[k] - wb[k]).abs().gt(1e-6).float().mean() < 1e-3  # and all but a few elements to 1e-6
 
 
 def test_validation_errors():

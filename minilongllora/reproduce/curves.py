@@ -20,6 +20,8 @@ def _run_label(config: dict) -> str:
         parts.append(f"every {config['full_attention_every']}th step full")
     if config.get("group_schedule", "none") != "none":
         parts.append(f"groups {config['group_schedule']}")
+    if config.get("passkey_share"):  # Figure 4's diagnostic: passkey documents in the fine-tuning data
+        parts.append(f"{config['passkey_share']:.0%} passkey docs")
     if config["method"] != "full" and config.get("lora_r") != 8:
         parts.append(f"r={config['lora_r']}")
     parts += [f"{config['seq_len']} tokens", f"lr {config['lr']:g}"]
