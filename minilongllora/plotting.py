@@ -30,6 +30,7 @@ SETTING_COLORS = {
     "split": "tab:blue", "roll": "tab:red", "roll_up": "#f4a582", "swap": "tab:green",
     # what trains (Table 2, notebook 04)
     "full_ft": "black", "lora": "tab:gray", "lora_plus": "tab:green",
+    "lora_plus_norm": "tab:olive", "lora_plus_embed": "tab:cyan",  # Table 2: LoRA + norm only, + embedding only
     "lora_plus_lr10": "darkgreen",  # Figure 5's diagnostic: LoRA+ at ten times the regime's learning rate
     # the FLOPs of Table 11, by kind
     "attn": "tab:red", "proj": "#6baed6", "ffn": "#74c476", "others": "#bdbdbd",

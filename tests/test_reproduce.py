@@ -222,8 +222,10 @@ def test_other_tables_quick(name, ids, base_dir, dirs, capsys):
         assert factors["extended + extended PI"] == pytest.approx(rep.EXTENDED_PI * factors["extended"])
         assert factors["extended"] == factors["extended (full FT)"] == rep.figure4.FACTOR  # the paper's 32k = 8x 4k
         assert factors["extended (full FT, passkey docs)"] == rep.figure4.FACTOR
-        shares = {(c["method"], c["passkey_share"], c["passkey_placement"]) for c in result["settings"]["train_configs"]}
-        assert shares == {("lora_plus", 0.0, "packed"), ("full", 0.0, "packed"), ("full", 0.02, "row")}
+        shares = {(c["method"], c["passkey_share"], c["passkey_placement"])
+                  for c in result["settings"]["train_configs"]}
+        assert shares == {("lora_plus", 0.0, "packed"), ("full", 0.0, "packed"),
+                          ("full", rep.figure4.PASSKEY_SHARE, "row")}
         assert {(r["model"], r["format"]) for r in rows} == \
             {(m, f) for m in factors for f in rep.figure4.FORMATS}  # both prompts, every model once per length
 

@@ -62,7 +62,7 @@ def _color(config: dict) -> str | None:
     elif config["method"] != "full" and config["attention"] == "s2":
         name = config["method"]
         if name == "lora_plus" and not (config.get("train_embed", True) and config.get("train_norm", True)):
-            return "tab:cyan" if config.get("train_embed", True) else "tab:olive"  # Table 2's bars: + embed, + norm
+            name = "lora_plus_embed" if config.get("train_embed", True) else "lora_plus_norm"  # Table 2's rows
     return SETTING_COLORS.get(name)
 
 

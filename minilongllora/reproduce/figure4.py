@@ -20,6 +20,7 @@ DESCRIPTION = ("Figure 4: passkey retrieval accuracy against length, base and 8x
                "without and with 2% passkey documents in its fine-tuning data")
 ID_FIELDS = ("model", "format", "target")
 FACTOR = 8  # the extended model: the paper's 32768 = 8x Llama 2's 4096
+PASSKEY_SHARE = 0.02  # the base's pretraining share of code-passkey documents (data/tiny-base/pretrain_metrics.json)
 FORMATS = ("code", "paper")  # passkey.PASSKEY_FORMATS: the code prompt first (the one the base retrieves from)
 EXTENDED_PI = 1.5  # Figure 4's "extended PI": 32k -> 48k in the paper, the interpolation factor times 1.5
 MIN_PASSKEY_TOKENS = 256  # the passkey prompt without filler is ~240 byte tokens
@@ -50,9 +51,6 @@ def passkey_lengths(plan: Plan) -> list[int]:
     if plan.quick:
         lengths = sorted({lengths[0], max(lengths[0], FACTOR * L)})
     return lengths
-
-
-PASSKEY_SHARE = 0.02  # the base's pretraining share of code-passkey documents (data/tiny-base/pretrain_metrics.json)
 
 
 def rows(plan: Plan, runner, seeds) -> list[dict]:

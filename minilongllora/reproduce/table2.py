@@ -62,9 +62,9 @@ def compare(result: dict) -> list[dict]:
 
 # ------------------------------------------------------------------------------------------------------- plotting
 # the rows' colours: plotting.SETTING_COLORS where it names the setting; the two single additions have none there
-T2_COLORS = {"full": "full_ft", "lora": "lora", "lora+norm+embed": "lora_plus"}
-T2_OTHER_COLORS = {"lora+norm": "tab:olive", "lora+embed": "tab:cyan", "lora_lr10": "dimgray",
-                   "lora+norm+embed_lr10": "darkgreen"}
+T2_COLORS = {"full": "full_ft", "lora": "lora", "lora+norm+embed": "lora_plus", "lora+norm": "lora_plus_norm",
+             "lora+embed": "lora_plus_embed"}
+T2_OTHER_COLORS = {"lora_lr10": "dimgray", "lora+norm+embed_lr10": "darkgreen"}
 
 
 def plot(result: dict, rows_: list[dict]):
