@@ -53,6 +53,8 @@ def test_table1_quick(base_dir, dirs, capsys):
                                                            for c in (128, 256, 512)}
     assert sorted(r["context"] for r in base) == [128, 256, 512]  # the starting point, evaluated once per context
     assert all(r["ppl"] > 1 and len(r["loss_bins"]) == rep.LOSS_BINS and "run" not in r for r in base)
+    for r in rows + base:  # both splits: settings chosen on validation, the test split reported too (issue 15)
+        assert r["ppl_test"] > 1 and r["ppl_test"] != r["ppl"] and r["ppl_last_quarter_test"] > 1
     for r in rows:
         assert r["seed"] == 0 and r["ppl"] > 1 and r["ppl_last_quarter"] > 1 and len(r["loss_quarters"]) == 4
         assert r["run"] in result["settings"]["runs"]
@@ -75,6 +77,7 @@ def test_table8_quick_reuses_table1_runs_and_summarizes_seeds(base_dir, dirs, ca
     assert len(rows) == 10 and {r["seed"] for r in rows} == {0, 1}
     assert {r["variant"] for r in rows} == {"full", "roll", "roll_up", "split", "swap"}
     assert all(r["ppl"] > 1 and r["ppl_last_quarter"] > 1 for r in rows)
+    assert all(r["ppl_test"] > 1 and r["ppl_test"] != r["ppl"] and r["ppl_last_quarter_test"] > 1 for r in rows)
     at_2x = {r["setting"]: r["run"] for r in table1["rows"] if r["context"] == 128 and "run" in r}
     seed0 = {r["variant"]: r for r in rows if r["seed"] == 0}
     assert seed0["full"]["run"] == at_2x["full"] and seed0["split"]["run"] == at_2x["s2"]  # the same runs
@@ -200,6 +203,7 @@ def test_other_tables_quick(name, ids, base_dir, dirs, capsys):
     if ids is not None:
         assert {tuple(r[f] for f in rep.ID_FIELDS[name]) for r in rows} == ids
         assert all(r["ppl"] > 1 and r["ppl_last_quarter"] > 1 for r in rows)
+        assert all(r["ppl_test"] > 1 and r["ppl_test"] != r["ppl"] and r["ppl_last_quarter_test"] > 1 for r in rows)
     if name == "table2":
         params = {(r["setting"], r["rank"]): r["trainable_params"] for r in rows}
         assert params[("lora", 8)] < params[("lora+norm", 8)] < params[("lora+embed", 8)] \
@@ -214,6 +218,10 @@ def test_other_tables_quick(name, ids, base_dir, dirs, capsys):
         assert len(starts) == 3 and len(set(starts)) == 1  # all start from the same interpolated base
         lr = {r["setting"]: r["lr"] for r in rows}
         assert lr["lora_plus_lr10"] == pytest.approx(10 * lr["lora_plus"]) and lr["lora_plus"] == lr["full"]
+        last = max(r["step"] for r in rows)  # the final models, tested as every table tests: both splits
+        finals = [r for r in rows if "ppl_test" in r]
+        assert {(r["setting"], r["step"]) for r in finals} == {(s, last) for s in lr}
+        assert all(r["ppl"] > 1 and r["ppl_test"] > 1 and r["ppl_test"] != r["ppl"] for r in finals)
     if name == "figure4":
         assert {r["model"] for r in rows} == {"base", "base + extended PI", "extended", "extended + extended PI",
                                               "extended (full FT)", "extended (full FT, passkey docs)"}

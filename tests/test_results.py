@@ -156,6 +156,58 @@ def test_resolve_calls_a_difference_only_beyond_twice_the_larger_standard_error(
     assert resolve([2.0, 2.0], [1.0, 1.0]) == "higher"  # no spread at all: any difference is resolved
 
 
+def test_the_test_split_columns_and_sentence_follow_the_rule():
+    from minilongllora.reproduce.compare import on_test, ppl_row, reference, resolve
+
+    full = [{"setting": "full", "ppl": p, "ppl_test": t} for p, t in ((10.0, 11.0), (10.1, 11.1), (9.9, 10.9))]
+    s2 = [{"setting": "s2", "ppl": p, "ppl_test": t} for p, t in ((11.0, 11.05), (11.1, 11.2), (10.9, 10.8))]
+    rows = full + s2
+    ref = reference(rows, setting="full")
+    cmp = [ppl_row(s, None, None, rows, ref, setting=s) for s in ("full", "s2")]
+    assert cmp[0]["vs_ref"] == cmp[0]["test_vs_ref"] == "reference"
+    assert cmp[1]["ours_test"] == pytest.approx((11.05 + 11.2 + 10.8) / 3)
+    assert cmp[1]["ours_test_rel"] == pytest.approx((11.05 + 11.2 + 10.8) / (11.0 + 11.1 + 10.9) - 1)
+    assert cmp[1]["vs_ref"] == resolve([11.0, 11.1, 10.9], [10.0, 10.1, 9.9]) == "higher"
+    assert cmp[1]["test_vs_ref"] == resolve([11.05, 11.2, 10.8], [11.0, 11.1, 10.9]) == "not resolved"
+    assert on_test(cmp) == ("The test split resolves 0 of 1 comparisons with the reference as the validation split "
+                            "does; not s2 (higher on validation, not resolved on test).")
+    same = [{**r, "ppl_test": r["ppl"] + 1} for r in rows]
+    assert on_test([ppl_row(s, None, None, same, reference(same, setting="full"), setting=s)
+                    for s in ("full", "s2")]).startswith("The test split resolves all 1 comparisons")
+    old = [{k: v for k, v in r.items() if k != "ppl_test"} for r in rows]  # a file made before the test split
+    assert "not in this file" in on_test([ppl_row(s, None, None, old, reference(old, setting="full"), setting=s)
+                                          for s in ("full", "s2")])
+
+
+@pytest.mark.parametrize("result", [n for n in NAMES if n in ("table1", "table2", "table6", "table7", "table8")],
+                         indirect=True)
+def test_committed_test_split_by_hand(result):
+    """Each compared row's test-split perplexity relative to its reference, by hand; a file made before the test
+    split was recorded says so in its verdict."""
+    name, rows, cmp = result["name"], result["rows"], results.compare(result)
+    tested = [r for r in rows if "ppl_test" in r]
+    if not tested:
+        assert all(c["ours_test"] is None for c in cmp) and "not in this file" in results.verdict(result)
+        return
+    assert len(tested) == len(rows)  # every row or none
+
+    def by(**match):
+        values = [r["ppl_test"] for r in rows if all(r.get(k) == v for k, v in match.items())]
+        return sum(values) / len(values)
+
+    for c in cmp:
+        assert c["test_vs_ref"] in ("reference", "lower", "higher", "not resolved")
+        if name == "table1":
+            want = by(setting=c["setting"], context=c["context"]) / by(setting="full", context=c["context"]) - 1
+        elif name in ("table7", "table8"):
+            key = "group" if name == "table7" else "variant"
+            want = by(**{key: c["label"].split()[0]}) / by(**{key: "full"}) - 1
+        else:
+            continue
+        assert c["ours_test_rel"] == pytest.approx(want, rel=1e-12, abs=1e-15)
+    assert "The test split resolves" in results.verdict(result)
+
+
 def test_table1_outcome_follows_the_rule():
     from minilongllora.reproduce.table1 import outcome
 

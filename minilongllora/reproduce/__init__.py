@@ -25,7 +25,7 @@
 
 Everything starts from one base model (default `data/tiny-base`: the byte-level `tiny` LLaMA, 3,295,488 parameters
 with the embedding, pretrained at L = 256 tokens by the `pretrain-tiny` recipe) and the shipped pystdlib corpus
-(train split for fine-tuning, validation split for every number). Each row is a context-extension fine-tuning run
+(train split for fine-tuning, validation split for every number, the test split reported beside it). Each row is a context-extension fine-tuning run
 with linear position interpolation by (target / L), then evaluated with full attention (as the paper tests) unless
 the table says otherwise. The contexts are the paper's as multiples of the base's: its 8192 / 16384 / 32768 are 2x /
 4x / 8x Llama 2's 4096, ours 512 / 1024 / 2048; each table at the multiple of its own in the paper (Tables 2 and 6
@@ -38,6 +38,12 @@ Metrics of every row (validation split, full attention):
   from at least 3n/4 tokens of context; `evaluate.position_loss`) over the first n tokens of each of the first
   `lq_documents` validation documents. PILOT.md found the effect of short attention there: 11% at the last quarter,
   4% over all tokens. `loss_quarters` gives the mean loss of each quarter of the window, `loss_bins` of each 16th.
+* `ppl_test`, `ppl_last_quarter_test`: the same two on the test split (`Runner.test_split`), never read to choose a
+  setting: the regime's settings were fixed once on validation (plan.py), and every table reports the test split too
+  (compare's `ours_test`, `ours_test_rel`, and `test_vs_ref`, the verdict rule against the reference row on the test
+  split; `on_test` says in each verdict whether the test split resolves each comparison as validation does). Table 1,
+  2, 6, 7, 8 rows and Figure 5's final models; the diagnostics table1_lr and table1_window (one seed, choosing
+  among settings) stay on validation.
 * Every run also logs its validation perplexity every steps/10 steps (train's `val_window_ppl`: the whole-window mean
   over the first `eval_windows` packed validation windows, 8192 tokens; `val_ppl` in records made before its rename),
   kept under settings.runs[KEY].curve: the recovery from interpolation, and Figure 5's curves.
@@ -58,18 +64,18 @@ Estimated full-run times, 1 seed, 2 quiet cores, bf16 (train + evaluation; the m
 starts from an empty cache; "in order" runs the tables in the order listed, each reusing the runs of the ones before:
 
     table          alone   in order   runs (new in order)
-    table1          22 min   22 min     9 (9)
+    table1          24 min   24 min     9 (9)
     table1_lr       29 min   22 min     12 (9)
     table1_window    8 min    1 min     3 (0)
-    table1_sink     47 min   32 min     16 (10)
+    table1_sink     47 min   31 min     16 (10)
     table8          11 min    6 min     5 (3)
     figure5          5 min    3 min     3 (2)
-    table6          17 min   17 min     7 (7)
-    table2          21 min   17 min     10 (8)
+    table6          19 min   19 min     7 (7)
+    table2          23 min   18 min     10 (8)
     figure4          8 min    4 min     3 (1)
-    table7          10 min   10 min     5 (5)
+    table7          11 min   11 min     5 (5)
     table11          0 min    0 min     0 (0)
-    all                   ~ 2 h 14 min  (54 runs of 1.6M tokens; N seeds: about N times as long)
+    all                   ~ 2 h 19 min  (54 runs of 1.6M tokens; N seeds: about N times as long)
 
 `--quick` runs every table with 2 steps of 1 sequence at contexts of 2 x 64 … 16 x 64 tokens (PI by context / L
 where that is above 1), 2 evaluation windows, 1 document, 1 passkey trial at 2 lengths: the mechanics in seconds

@@ -79,22 +79,50 @@ def first3q(rows: list[dict], **match) -> float | None:
 
 
 def reference(rows: list[dict], **match) -> dict:
-    """The reference row's perplexities (all tokens, last quarter, first three quarters)."""
+    """The reference row's perplexities (all tokens, last quarter, first three quarters, the test split) and its
+    per-seed values (for the verdict rule)."""
     return {"ppl": mean(rows, "ppl", **match), "lq": mean(rows, "ppl_last_quarter", **match),
-            "3q": first3q(rows, **match)}
+            "3q": first3q(rows, **match), "test": mean(rows, "ppl_test", **match),
+            "values": values(rows, "ppl", **match), "test_values": values(rows, "ppl_test", **match)}
+
+
+def _vs(a: list[float], ref: list[float]) -> str | None:
+    """`resolve` of a row against its reference ("reference" for the reference itself; None without values)."""
+    if not a or not ref:
+        return None
+    return "reference" if a == ref else resolve(a, ref)
 
 
 def ppl_row(label: str, paper: float | None, paper_ref: float | None, ours_rows: list[dict], ours_ref: dict,
             **match) -> dict:
-    """One row of a perplexity table: the paper's value and ours, each also relative to its reference row."""
+    """One row of a perplexity table: the paper's value and ours, each also relative to its reference row; vs_ref and
+    test_vs_ref: the verdict rule against the reference row on the validation and on the test split."""
     ours, ours_lq = mean(ours_rows, "ppl", **match), mean(ours_rows, "ppl_last_quarter", **match)
-    ours_3q = first3q(ours_rows, **match)
+    ours_3q, ours_test = first3q(ours_rows, **match), mean(ours_rows, "ppl_test", **match)
     return {"label": label, "paper": paper, "paper_rel": rel(paper, paper_ref), "ours": ours,
             "ours_sd": sd(values(ours_rows, "ppl", **match)), "ours_rel": rel(ours, ours_ref["ppl"]),
             "ours_lq": ours_lq, "ours_lq_sd": sd(values(ours_rows, "ppl_last_quarter", **match)),
             "ours_lq_rel": rel(ours_lq, ours_ref["lq"]), "ours_3q": ours_3q,
             "ours_3q_rel": rel(ours_3q, ours_ref["3q"]),
-            "seeds": len(values(ours_rows, "ppl", **match))}
+            "seeds": len(values(ours_rows, "ppl", **match)), "vs_ref": _vs(values(ours_rows, "ppl", **match),
+                                                                          ours_ref.get("values", [])),
+            "ours_test": ours_test, "ours_test_sd": sd(values(ours_rows, "ppl_test", **match)),
+            "ours_test_rel": rel(ours_test, ours_ref.get("test")),
+            "test_vs_ref": _vs(values(ours_rows, "ppl_test", **match), ours_ref.get("test_values", []))}
+
+
+def on_test(rows: list[dict]) -> str:
+    """One sentence: do the compared rows (`ppl_row`s) come out against their reference on the test split as on the
+    validation split, under the verdict rule? The test split is never read to choose a setting (issue 15 item 4)."""
+    pairs = [(r["label"], r["vs_ref"], r["test_vs_ref"]) for r in rows
+             if r.get("test_vs_ref") not in (None, "reference") and r.get("vs_ref") is not None]
+    if not pairs:
+        return "The test split is not in this file (made before it was added)."
+    differ = [f"{label} ({v} on validation, {t} on test)" for label, v, t in pairs if v != t]
+    if not differ:
+        return f"The test split resolves all {len(pairs)} comparisons with the reference as the validation split does."
+    return (f"The test split resolves {len(pairs) - len(differ)} of {len(pairs)} comparisons with the reference as "
+            "the validation split does; not " + ", ".join(differ) + ".")
 
 
 def paper_value(result: dict, metric: str = "ppl", **match) -> float | None:

@@ -8,7 +8,7 @@ import json
 
 from ..trainconfig import TrainConfig
 from .plan import STEPS, TOKENS_PER_STEP, Plan, group_of
-from .runner import run_key
+from .runner import Runner, run_key
 
 # µs per token on 2 quiet cores (tiny preset: 4 layers, dim 256, 8 heads, fp32). Measured here on one thread per
 # configuration (a few steps each, 4096 tokens per step) and scaled by 1.75, the ratio that matches the recipes'
@@ -80,6 +80,9 @@ class CostRunner:
     def last_quarter(self, run, n, attention="full", rope_factor=None, split="validation"):
         self._forward(f"lq {split}", run, n, attention, rope_factor, self.plan.lq_documents)
         return {"ppl_last_quarter": None}
+
+    def test_split(self, run, n, attention="full", rope_factor=None):
+        return Runner.test_split(self, run, n, attention, rope_factor)  # the same two calls, on the test split
 
     def first_token_mass(self, run, n, k, documents, rope_factor=None):
         self._forward("mass", run, n, "full", rope_factor, 2 * documents)  # explicit probabilities: about twice

@@ -37,6 +37,8 @@ def rows(plan: Plan, runner, seeds) -> list[dict]:
             out += [{"setting": setting, "step": m["step"], "tokens": m["tokens"], "val_window_ppl": window_ppl(m),
                      **fields} for m in run["metrics"]
                     if window_ppl(m) is not None]
+            # the final model as every table tests it: sliding-window perplexity, validation and test split
+            out[-1].update(**runner.ppl(run, n), **runner.test_split(run, n))
     return out
 
 
@@ -118,7 +120,23 @@ def verdict(result: dict, rows_: list[dict]) -> str:
             f"{end - prev} steps"
             + ("." if not lr10 else f"; at ten times the learning rate (not in the paper) LoRA+ is "
                f"{vs_full(early, 'lora_plus_lr10')} and {vs_full(end, 'lora_plus_lr10')} ({pm(lr10[end])}), "
-               f"{turn('lora_plus_lr10')}."))
+               f"{turn('lora_plus_lr10')}.") + _final(rows, end))
+
+
+def _final(rows: list[dict], end: int) -> str:
+    """The final models by sliding-window perplexity (every table's metric), validation and test split, each setting
+    against full FT under the verdict rule; a note in files made before these were recorded."""
+    if not values(rows, "ppl_test", setting="full", step=end):
+        return " The test split is not in this file (made before it was added)."
+
+    def against_full(setting, metric, split):
+        ours, full = (values(rows, metric, setting=s, step=end) for s in (setting, "full"))
+        gap = sum(ours) / len(ours) / (sum(full) / len(full)) - 1
+        return f"{pct(gap)} on {split} ({than(resolve(ours, full), 'full FT')})"
+
+    parts = [f"{F5_NAMES[s][0]} {against_full(s, 'ppl', 'validation')}, {against_full(s, 'ppl_test', 'test')}"
+             for s in SETTINGS if s != "full" and values(rows, "ppl", setting=s, step=end)]
+    return " The final models by sliding-window perplexity, against full FT: " + "; ".join(parts) + "."
 
 
 def pm(row: dict) -> str:

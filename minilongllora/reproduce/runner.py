@@ -179,6 +179,13 @@ class Runner:
 
         return self._cached(run, spec, compute)
 
+    def test_split(self, run, n: int, attention: str = "full", rope_factor: float | None = None) -> dict:
+        """The row's two metrics on the test split, never read to choose a setting (issue 15 item 4: settings chosen
+        on the validation split, the test split reported too): ppl_test and ppl_last_quarter_test."""
+        return {"ppl_test": self.ppl(run, n, attention, rope_factor, split="test")["ppl"],
+                "ppl_last_quarter_test": self.last_quarter(run, n, attention, rope_factor,
+                                                           split="test")["ppl_last_quarter"]}
+
     def first_token_mass(self, run, n: int, k: int, documents: int, rope_factor: float | None = None) -> dict:
         """sinks.first_token_mass of a run (or "base") on the first n tokens of the first `documents` validation
         documents that hold n tokens."""

@@ -5,8 +5,8 @@ starting point ("base+PI": the base with the interpolation, before fine-tuning, 
 
 from __future__ import annotations
 
-from .compare import (OUR_MODEL, PAPER_MODEL, RULE, figure, label_axes, paper_value, pct, ppl_row, quick_note,
-                      reference, resolve, seeds_text, than, values)
+from .compare import (OUR_MODEL, PAPER_MODEL, RULE, figure, label_axes, on_test, paper_value, pct, ppl_row,
+                      quick_note, reference, resolve, seeds_text, than, values)
 from .plan import Plan, group_of
 from .runner import run_fields
 
@@ -36,12 +36,14 @@ def rows(plan: Plan, runner, seeds) -> list[dict]:
             for setting in SETTINGS:
                 run = runner.train(plan.config(n, method="full", attention=setting, seed=seed))
                 out.append({"setting": setting, "context": n, "seed": seed, "group_size": group_of(run["config"]),
-                            **runner.ppl(run, n), **runner.last_quarter(run, n), **run_fields(run)})
+                            **runner.ppl(run, n), **runner.last_quarter(run, n), **runner.test_split(run, n),
+                            **run_fields(run)})
             if seed == seeds[0]:  # the starting point: the base with the run's interpolation, before any step
                 factor = max(1.0, n / plan.base_context)  # quick contexts may lie below the base's
                 out.append({"setting": "base+PI", "context": n, "seed": None, "group_size": None,
                             **runner.ppl("base", n, rope_factor=factor),
-                            **runner.last_quarter("base", n, rope_factor=factor)})
+                            **runner.last_quarter("base", n, rope_factor=factor),
+                            **runner.test_split("base", n, rope_factor=factor)})
     return out
 
 
@@ -96,12 +98,15 @@ def verdict(result: dict, rows_: list[dict]) -> str:
     parts = []
     for n in sorted({r["context"] for r in rows}):
         o, q = outcome(rows, n), outcome(rows, n, "ppl_last_quarter")
+        t = outcome(rows, n, "ppl_test") if values(rows, "ppl_test", context=n) else None
         parts.append(f"at {n}: S2-Attn {pct(o['gap_s2'])} ({than(o['s2_vs_full'], 'full')}), short "
                      f"{pct(o['gap_short'])} ({than(o['short_vs_full'], 'full')}), S2-Attn "
                      f"{than(o['s2_vs_short'], 'short')}: {o['finding']} (last quarter: S2-Attn {pct(q['gap_s2'])}, "
-                     f"short {pct(q['gap_short'])}, {q['finding']})")
+                     f"short {pct(q['gap_short'])}, {q['finding']}"
+                     + ("" if t is None else f"; test split: S2-Attn {pct(t['gap_s2'])}, short {pct(t['gap_short'])}, "
+                        f"{t['finding']}") + ")")
     paper = {s: [r["paper_rel"] for r in rows_ if r["setting"] == s] for s in ("s2", "short")}
     return (f"Table 1 ({seeds_text(result)}; mean perplexity relative to full-attention fine-tuning, {RULE}): "
             "the paper, S2-Attn "
             f"{pct(min(paper['s2']))}...{pct(max(paper['s2']))} and short attention {pct(min(paper['short']))}..."
-            f"{pct(max(paper['short']))}; ours " + "; ".join(parts) + ".")
+            f"{pct(max(paper['short']))}; ours " + "; ".join(parts) + ". " + on_test(rows_))

@@ -81,9 +81,7 @@ def _tested(runner, run, n: int, setting: str, rope_factor: float | None = None)
     keys hidden by each test of TESTS (the DIAGNOSED models only)."""
     full = {"test": "full", **runner.ppl(run, n, rope_factor=rope_factor),
             **runner.last_quarter(run, n, rope_factor=rope_factor)}
-    test_split = runner.ppl(run, n, rope_factor=rope_factor, split="test")
-    lq_test = runner.last_quarter(run, n, rope_factor=rope_factor, split="test")
-    full.update(ppl_test=test_split["ppl"], ppl_last_quarter_test=lq_test["ppl_last_quarter"])
+    full.update(runner.test_split(run, n, rope_factor=rope_factor))
     if setting not in DIAGNOSED:
         return [full]
     full["first_mass"] = runner.first_token_mass(run, n, MASS_K, MASS_DOCUMENTS, rope_factor=rope_factor)

@@ -7,8 +7,8 @@ rate (the regime gives every method the paper's one rate)."""
 
 from __future__ import annotations
 
-from .compare import (OUR_MODEL, PAPER_MODEL, RULE, bars, figure, fonts, paired_bars, paper_value, pct, ppl_row,
-                      quick_note, reference, rel_sd, seeds_text, than, versus)
+from .compare import (OUR_MODEL, PAPER_MODEL, RULE, bars, figure, fonts, on_test, paired_bars, paper_value, pct,
+                      ppl_row, quick_note, reference, rel_sd, seeds_text, than, versus)
 from .plan import LR, Plan
 from .runner import run_fields
 
@@ -46,7 +46,7 @@ def rows(plan: Plan, runner, seeds) -> list[dict]:
             run = runner.train(cfg)
             out.append({"setting": setting, "rank": rank, "context": n, "seed": seed, "method": cfg.method,
                         "lr": cfg.lr, "trainable_params": runner.trainable(cfg), **runner.ppl(run, n),
-                        **runner.last_quarter(run, n), **run_fields(run)})
+                        **runner.last_quarter(run, n), **runner.test_split(run, n), **run_fields(run)})
     return out
 
 
@@ -113,7 +113,7 @@ def verdict(result: dict, rows_: list[dict]) -> str:
                "trainable embedding and norms help, but most of LoRA's gap remains, unlike the paper."
                if plus_vs_lora == "lower" else
                "trainable embedding and norms do not help that we can resolve, unlike the paper.")
-            + _at_lr10(rows, ours))
+            + _at_lr10(rows, ours) + " " + on_test(rows_))
 
 
 def _at_lr10(rows: list[dict], ours: dict) -> str:

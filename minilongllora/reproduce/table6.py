@@ -3,8 +3,8 @@ stride sparse), LoRA+ at 8x (the paper's 32k), each tested with its own pattern 
 
 from __future__ import annotations
 
-from .compare import (OUR_MODEL, PAPER_MODEL, RULE, figure, paper_value, pct, ppl_row, quick_note, reference,
-                      seeds_text, versus)
+from .compare import (OUR_MODEL, PAPER_MODEL, RULE, figure, on_test, paper_value, pct, ppl_row, quick_note,
+                      reference, seeds_text, versus)
 from .plan import Plan
 from .runner import run_fields
 
@@ -34,7 +34,8 @@ def rows(plan: Plan, runner, seeds) -> list[dict]:
                 attention = "full" if full else "train"
                 out.append({"pattern": pattern, "paper_name": T6_NAMES[pattern], "test_full_attention": full,
                             "context": n, "seed": seed, **runner.ppl(run, n, attention),
-                            **runner.last_quarter(run, n, attention), **run_fields(run)})
+                            **runner.last_quarter(run, n, attention), **runner.test_split(run, n, attention),
+                            **run_fields(run)})
     return out
 
 
@@ -94,4 +95,4 @@ def verdict(result: dict, rows_: list[dict]) -> str:
             + (", unlike the paper" if by["lower"] else ", as in the paper" if not by["not resolved"] else
                ", as in the paper where resolved" if by["higher"] else ": not resolved")
             + f"; S2-Attn tested with its own pattern is {pct(get['s2 tested own']['ours_rel'])} from itself tested "
-            f"with full attention ({own}; paper {pct(get['s2 tested own']['paper_rel'])}).")
+            f"with full attention ({own}; paper {pct(get['s2 tested own']['paper_rel'])}). " + on_test(rows_))

@@ -4,8 +4,8 @@ nearest to the paper's 8k = 2x: at 2x the nearest valid 1/6 group would be 64 = 
 
 from __future__ import annotations
 
-from .compare import (OUR_MODEL, PAPER_MODEL, RULE, bars, figure, paper_value, pct, ppl_row, quick_note, reference,
-                      seeds_text, than, versus)
+from .compare import (OUR_MODEL, PAPER_MODEL, RULE, bars, figure, on_test, paper_value, pct, ppl_row, quick_note,
+                      reference, seeds_text, than, versus)
 from .plan import Plan, group_size_for
 from .runner import run_fields
 
@@ -30,7 +30,8 @@ def rows(plan: Plan, runner, seeds) -> list[dict]:
             run = runner.train(cfg)
             out.append({"group": group, "fraction": fraction, "group_size": size,
                         "exact": size is None or abs(size - n * fraction) < 1e-9, "context": n, "seed": seed,
-                        **runner.ppl(run, n), **runner.last_quarter(run, n), **run_fields(run)})
+                        **runner.ppl(run, n), **runner.last_quarter(run, n), **runner.test_split(run, n),
+                        **run_fields(run)})
     return out
 
 
@@ -87,4 +88,4 @@ def verdict(result: dict, rows_: list[dict]) -> str:
                "does not grow as groups shrink, unlike the paper" if ends == "lower" else
                "is not resolved between the largest and the smallest groups")
             + f" (the last quarter of the window: {sized[0]} {pct(get[sized[0]]['ours_lq_rel'])}, {sized[-1]} "
-            f"{pct(get[sized[-1]]['ours_lq_rel'])}).")
+            f"{pct(get[sized[-1]]['ours_lq_rel'])}). " + on_test(rows_))

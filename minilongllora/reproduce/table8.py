@@ -3,7 +3,7 @@ full fine-tuning at 2x (the paper's 8k)."""
 
 from __future__ import annotations
 
-from .compare import RULE, paper_value, pct, ppl_row, reference, relative_bars, seeds_text, than, versus
+from .compare import RULE, on_test, paper_value, pct, ppl_row, reference, relative_bars, seeds_text, than, versus
 from .plan import Plan
 from .runner import run_fields
 
@@ -28,7 +28,7 @@ def rows(plan: Plan, runner, seeds) -> list[dict]:
                               variant="split" if variant == "full" else variant, seed=seed)
             run = runner.train(cfg)
             out.append({"variant": variant, "paper_name": name, "context": n, "seed": seed, **runner.ppl(run, n),
-                        **runner.last_quarter(run, n), **run_fields(run)})
+                        **runner.last_quarter(run, n), **runner.test_split(run, n), **run_fields(run)})
     return out
 
 
@@ -66,4 +66,4 @@ def verdict(result: dict, rows_: list[dict]) -> str:
             + ("as in the paper, the way of shifting makes no difference we can resolve"
                if between == "not resolved" else "unlike the paper, the way of shifting matters")
             + (f", and {above} of {len(variants)} variants cost more than full attention."
-               if above else ", and none costs more than full attention that we can resolve."))
+               if above else ", and none costs more than full attention that we can resolve.") + " " + on_test(rows_))
