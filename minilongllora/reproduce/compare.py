@@ -106,8 +106,7 @@ def ppl_row(label: str, paper: float | None, paper_ref: float | None, ours_rows:
             "ours_3q_rel": rel(ours_3q, ours_ref["3q"]),
             "seeds": len(values(ours_rows, "ppl", **match)), "vs_ref": _vs(values(ours_rows, "ppl", **match),
                                                                           ours_ref.get("values", [])),
-            "ours_test": ours_test, "ours_test_sd": sd(values(ours_rows, "ppl_test", **match)),
-            "ours_test_rel": rel(ours_test, ours_ref.get("test")),
+            "ours_test": ours_test, "ours_test_rel": rel(ours_test, ours_ref.get("test")),
             "test_vs_ref": _vs(values(ours_rows, "ppl_test", **match), ours_ref.get("test_values", []))}
 
 
