@@ -25,11 +25,12 @@
 
 Everything starts from one base model (default `data/tiny-base`: the byte-level `tiny` LLaMA, 3,295,488 parameters
 with the embedding, pretrained at L = 256 tokens by the `pretrain-tiny` recipe) and the shipped pystdlib corpus
-(train split for fine-tuning, validation split for every number, the test split reported beside it). Each row is a context-extension fine-tuning run
-with linear position interpolation by (target / L), then evaluated with full attention (as the paper tests) unless
-the table says otherwise. The contexts are the paper's as multiples of the base's: its 8192 / 16384 / 32768 are 2x /
-4x / 8x Llama 2's 4096, ours 512 / 1024 / 2048; each table at the multiple of its own in the paper (Tables 2 and 6
-and Figure 4 at 32k = 8x, Table 8 and Figure 5 at 8k = 2x, Table 7 at 3x where its four groups divide).
+(train split for fine-tuning, validation split for every number, the test split reported beside it). Each row is a
+context-extension fine-tuning run with linear position interpolation by (target / L), then evaluated with full
+attention (as the paper tests) unless the table says otherwise. The contexts are the paper's as multiples of the
+base's: its 8192 / 16384 / 32768 are 2x / 4x / 8x Llama 2's 4096, ours 512 / 1024 / 2048; each table at the multiple
+of its own in the paper (Tables 2 and 6 and Figure 4 at 32k = 8x, Table 8 and Figure 5 at 8k = 2x, Table 7 at 3x
+where its four groups divide).
 
 Metrics of every row (validation split, full attention):
 * `ppl`: strided sliding-window perplexity (stride 256, every token scored once; `evaluate.perplexity`, the
@@ -42,8 +43,7 @@ Metrics of every row (validation split, full attention):
   setting: the regime's settings were fixed once on validation (plan.py), and every table reports the test split too
   (compare's `ours_test`, `ours_test_rel`, and `test_vs_ref`, the verdict rule against the reference row on the test
   split; `on_test` says in each verdict whether the test split resolves each comparison as validation does). Table 1,
-  2, 6, 7, 8 rows and Figure 5's final models; the diagnostics table1_lr and table1_window (one seed, choosing
-  among settings) stay on validation.
+  2, 6, 7, 8 rows and Figure 5's final models; the diagnostics table1_lr and table1_window stay on validation.
 * Every run also logs its validation perplexity every steps/10 steps (train's `val_window_ppl`: the whole-window mean
   over the first `eval_windows` packed validation windows, 8192 tokens; `val_ppl` in records made before its rename),
   kept under settings.runs[KEY].curve: the recovery from interpolation, and Figure 5's curves.
