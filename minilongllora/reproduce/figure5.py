@@ -130,9 +130,9 @@ def _final(rows: list[dict], end: int) -> str:
         return " The test split is not in this file (made before it was added)."
 
     def against_full(setting, metric, split):
-        ours, full = (values(rows, metric, setting=s, step=end) for s in (setting, "full"))
-        gap = sum(ours) / len(ours) / (sum(full) / len(full)) - 1
-        return f"{pct(gap)} on {split} ({than(resolve(ours, full), 'full FT')})"
+        gap = rel(mean(rows, metric, setting=setting, step=end), mean(rows, metric, setting="full", step=end))
+        res = resolve(values(rows, metric, setting=setting, step=end), values(rows, metric, setting="full", step=end))
+        return f"{pct(gap)} on {split} ({than(res, 'full FT')})"
 
     parts = [f"{F5_NAMES[s][0]} {against_full(s, 'ppl', 'validation')}, {against_full(s, 'ppl_test', 'test')}"
              for s in SETTINGS if s != "full" and values(rows, "ppl", setting=s, step=end)]
