@@ -81,6 +81,15 @@ def test_compare_relative_values_by_hand(result):
         lora8 = next(c for c in cmp if c["label"] == "lora r=8")
         assert lora8["paper_rel"] == pytest.approx(11.44 / 8.08 - 1)
         assert lora8["ours_rel"] == pytest.approx(_by(rows, setting="lora", rank=8) / _by(rows, setting="full") - 1)
+        for setting in ("lora_lr10", "lora+norm+embed_lr10"):  # the first three quarters: exp of the mean loss
+            c, r0 = next(c for c in cmp if c["label"] == f"{setting} r=8"), [r for r in rows if r["setting"] == setting]
+            if not r0:
+                continue
+            first3 = math.exp(sum(q for r in r0 for q in r["loss_quarters"][:3]) / (3 * len(r0)))
+            full3 = math.exp(sum(q for r in rows if r["setting"] == "full" for q in r["loss_quarters"][:3])
+                             / (3 * len([r for r in rows if r["setting"] == "full"])))
+            assert c["ours_3q_rel"] == pytest.approx(first3 / full3 - 1, rel=1e-9)
+            assert f"{100 * c['ours_3q_rel']:+.1f}%" in results.verdict(result)
     elif name == "table6":
         own = next(c for c in cmp if c["label"] == "s2 tested own")
         ref = _by(rows, pattern="s2", test_full_attention=True)

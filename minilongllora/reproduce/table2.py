@@ -113,16 +113,25 @@ def verdict(result: dict, rows_: list[dict]) -> str:
                "trainable embedding and norms help, but most of LoRA's gap remains, unlike the paper."
                if plus_vs_lora == "lower" else
                "trainable embedding and norms do not help that we can resolve, unlike the paper.")
-            + _at_lr10(rows, ours) + " " + on_test(rows_))
+            + _at_lr10(rows, get) + " " + on_test(rows_))
 
 
-def _at_lr10(rows: list[dict], ours: dict) -> str:
-    """The diagnostic rows (not in the paper), when the file has them: LoRA alone and LoRA+ at ten times the lr."""
-    if "lora_lr10 r=8" not in ours:
+def _at_lr10(rows: list[dict], get: dict) -> str:
+    """The diagnostic rows (not in the paper), when the file has them: LoRA alone and LoRA+ at ten times the lr, over
+    the whole window and split into its first three quarters and its last quarter, against the regime's rate."""
+    if "lora_lr10 r=8" not in get:
         return ""
     alone, plus = ({"setting": s, "rank": 8} for s in ("lora_lr10", "lora+norm+embed_lr10"))
     full = {"setting": "full"}
-    return (f" At ten times the learning rate (not in the paper): LoRA alone r=8 {pct(ours['lora_lr10 r=8'])} "
-            f"(against full FT: {versus(rows, alone, full)}), + norm & embed {pct(ours['lora+norm+embed_lr10 r=8'])} "
+    a10, p10, a, p = (get[k] for k in ("lora_lr10 r=8", "lora+norm+embed_lr10 r=8", "lora r=8",
+                                       "lora+norm+embed r=8"))
+    return (f" At ten times the learning rate (not in the paper): LoRA alone r=8 {pct(a10['ours_rel'])} "
+            f"(against full FT: {versus(rows, alone, full)}), + norm & embed {pct(p10['ours_rel'])} "
             f"(against full FT: {versus(rows, plus, full)}; against LoRA alone at that rate: "
-            f"{versus(rows, plus, alone)}).")
+            f"{versus(rows, plus, alone)}); on the first three quarters of the window they are at "
+            f"{pct(a10['ours_3q_rel'])} and {pct(p10['ours_3q_rel'])} (at the regime's rate {pct(a['ours_3q_rel'])} "
+            f"and {pct(p['ours_3q_rel'])}), on the last quarter at {pct(a10['ours_lq_rel'])} and "
+            f"{pct(p10['ours_lq_rel'])} ({pct(a['ours_lq_rel'])} and {pct(p['ours_lq_rel'])})"
+            + (": at the higher rate LoRA adapts where the context is short and breaks where it is long."
+               if a10["ours_3q_rel"] < a["ours_3q_rel"] and a10["ours_lq_rel"] > a["ours_lq_rel"] else ".")
+            )
