@@ -76,18 +76,22 @@ def plot_curves(result: dict, select=None, seeds: bool = False):
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     configs = {_run_label(c): c for c in result["settings"]["train_configs"]}
-    contexts = sorted({c["seq_len"] for c in configs.values()})
-    for label, pts in curves(result, seeds).items():
-        if select is None or select(label):
-            config = configs.get(label.rsplit(", seed ", 1)[0], {})
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=label, color=_color(config),
-                    ls=("-", "--", ":", "-.")[contexts.index(config["seq_len"]) % 4] if config else "-")
+    styles = sorted({(c["seq_len"], c["lr"]) for c in configs.values()})  # one line style per context and rate
+    lines = {label: pts for label, pts in curves(result, seeds).items() if select is None or select(label)}
+    for label, pts in lines.items():
+        config = configs.get(label.rsplit(", seed ", 1)[0], {})
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=label, color=_color(config),
+                ls=("-", "--", ":", "-.")[styles.index((config["seq_len"], config["lr"])) % 4] if config else "-")
     plain_log(ax)
     ax.set_xlabel("fine-tuning step")
     ax.set_ylabel("validation perplexity (whole windows, full attention)")
     ax.set_title(f"{result['name']}: validation perplexity during fine-tuning", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    if len(lines) > 6:  # a long legend goes beside the axes, where it hides no curve
+        fig.set_size_inches(11, 4.4)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    else:
+        ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
 
