@@ -8,6 +8,7 @@ import pytest
 
 from minilongllora import reproduce as rep
 from minilongllora.reproduce import results
+from minilongllora.reproduce.compare import resolve, than
 
 RESULTS = Path(__file__).resolve().parent.parent / "notebooks" / "results"
 NAMES = [name for name in rep.TABLES if (RESULTS / f"{name}.json").is_file()]
@@ -59,8 +60,12 @@ def test_compare_relative_values_by_hand(result):
             row = next(c for c in cmp if c["label"] == f"s2 lr={lr:g}")
             full = _by(rows, setting="full", lr=lr)
             assert row["ours_rel"] == pytest.approx(_by(rows, setting="s2", lr=lr) / full - 1, rel=1e-12)
-            own = next(r["ppl_own_pattern"] for r in rows if r["setting"] == "s2" and r["lr"] == lr)
+            own = _by([{**r, "ppl": r.get("ppl_own_pattern")} for r in rows], setting="s2", lr=lr)  # mean of seeds
             assert row["ours_own_rel"] == pytest.approx(own / full - 1, rel=1e-12)
+            s2_short = resolve(*([r["ppl_own_pattern"] for r in rows if r["setting"] == s and r["lr"] == lr]
+                                 for s in ("s2", "short")))
+            part = results.verdict(result).split(f"lr {lr:g}: ")[1].split("; lr ")[0]
+            assert f"(each with its own pattern: {than(s2_short, 'short')})" in part
     elif name == "table1_window":
         n = max(r["window"] for r in rows)
         for c in cmp:
@@ -157,8 +162,6 @@ def test_missing_results_name_the_command(tmp_path):
 
 
 def test_resolve_calls_a_difference_only_beyond_twice_the_larger_standard_error():
-    from minilongllora.reproduce.compare import resolve
-
     a = [0.9, 1.0, 1.0, 1.1]  # mean 1, sd sqrt(0.02 / 3) = 0.0816, standard error 0.0408: 2 se = 0.0816
     assert resolve([x + 0.09 for x in a], a) == "higher" and resolve(a, [x + 0.09 for x in a]) == "lower"
     assert resolve([x + 0.08 for x in a], a) == "not resolved"
@@ -167,7 +170,7 @@ def test_resolve_calls_a_difference_only_beyond_twice_the_larger_standard_error(
 
 
 def test_the_test_split_columns_and_sentence_follow_the_rule():
-    from minilongllora.reproduce.compare import on_test, ppl_row, reference, resolve
+    from minilongllora.reproduce.compare import on_test, ppl_row, reference
 
     full = [{"setting": "full", "ppl": p, "ppl_test": t} for p, t in ((10.0, 11.0), (10.1, 11.1), (9.9, 10.9))]
     s2 = [{"setting": "s2", "ppl": p, "ppl_test": t} for p, t in ((11.0, 11.05), (11.1, 11.2), (10.9, 10.8))]

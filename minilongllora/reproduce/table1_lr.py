@@ -97,16 +97,19 @@ def plot(result: dict, rows_: list[dict]):
 
 def verdict(result: dict, rows_: list[dict]) -> str:
     """Under the verdict rule (compare.resolve), at each learning rate: short and S2-Attn against full-attention FT at
-    the same rate, and S2-Attn against short attention; then whether the grouped models' gap grows with the rate."""
+    the same rate, and S2-Attn against short attention (tested with full attention, and each with its own pattern);
+    then whether S2-Attn's gap grows with the rate."""
     rs, parts = result["rows"], []
     lrs = sorted({r["lr"] for r in rs})
     for lr in lrs:
         get = {r["label"].split()[0]: r for r in rows_ if r["label"].endswith(f"lr={lr:g}")}
-        s2_short = versus(rs, {"setting": "s2", "lr": lr}, {"setting": "short", "lr": lr})
+        s2_short, s2_short_own = (versus(rs, {"setting": "s2", "lr": lr}, {"setting": "short", "lr": lr}, m)
+                                  for m in ("ppl", "ppl_own_pattern"))
         vs = {s: than(get[s]["vs_ref"] or "not resolved", "full") for s in ("short", "s2")}
         parts.append(f"lr {lr:g}: S2 {pct(get['s2']['ours_rel'])} ({vs['s2']}"
                      f"; own pattern {pct(get['s2']['ours_own_rel'])}), short {pct(get['short']['ours_rel'])} "
-                     f"({vs['short']}), S2 {than(s2_short, 'short')}, "
+                     f"({vs['short']}), S2 {than(s2_short, 'short')} (each with its own pattern: "
+                     f"{than(s2_short_own, 'short')}), "
                      f"full FT ppl {get['full']['ours']:.2f}")
     gap = {lr: next(r["ours_rel"] for r in rows_ if r["label"] == f"s2 lr={lr:g}") for lr in lrs}
     trend = ("S2-Attn's gap grows with the rate" if all(gap[a] < gap[b] for a, b in pairwise(lrs)) else
