@@ -142,6 +142,22 @@ def test_loss_by_position_has_a_panel_per_context():
     assert len(fig.axes) == len({r["context"] for r in table1["rows"]})
 
 
+def test_curve_gaps_pair_each_seed_with_full_attention_by_hand():
+    table1 = results.load("table1", RESULTS)
+    runs, gaps = table1["settings"]["runs"], results.curve_gaps(table1)
+    n, step = 1024, 200
+
+    def at(row):  # the run's validation perplexity at `step`, from the file's curve
+        return next(m["val_window_ppl"] for m in runs[row["run"]]["curve"] if m["step"] == step)
+
+    full = {r["seed"]: at(r) for r in table1["rows"] if r["setting"] == "full" and r["context"] == n}
+    by_hand = [at(r) / full[r["seed"]] - 1 for r in table1["rows"] if r["setting"] == "s2" and r["context"] == n]
+    row = next(g for g in gaps if g["setting"] == "s2" and g["context"] == n and g["step"] == step)
+    assert row["seeds"] == len(by_hand) == 3 and row["gap"] == pytest.approx(sum(by_hand) / 3, rel=1e-12)
+    assert {g["setting"] for g in gaps} == {"short", "s2"}  # the reference is not compared with itself
+    assert len(results.plot_curve_gaps(table1).axes) == len({r["context"] for r in table1["rows"]})
+
+
 def test_loss_by_position_draws_one_line_per_group_in_table7():
     table7 = results.load("table7", RESULTS)
     fig = results.plot_loss_by_position(table7, line="group")

@@ -48,6 +48,63 @@ def curves(result: dict, seeds: bool = True) -> dict[str, list[tuple[int, float]
             for label, pts in out.items()}
 
 
+def curve_gaps(result: dict, reference: str = "full") -> list[dict]:
+    """How a table's gaps build up during training: each setting's validation perplexity (the curves above) against
+    the `reference` setting's at the same step, context, rate and seed, in % (paired by seed), then the mean and
+    standard deviation over seeds. Rows {setting, context, lr, step, gap, gap_sd, seeds}, for tables whose rows have
+    a setting and a context (table1; table1_lr, whose rows also have a rate; lr None where they have none)."""
+    from .compare import sd
+
+    def key(r):
+        return r["context"], r.get("lr"), r["seed"]
+
+    curve = {r["run"]: [(m["step"], window_ppl(m)) for m in result["settings"]["runs"][r["run"]]["curve"]]
+             for r in result["rows"]}
+    ref = {key(r): curve[r["run"]] for r in result["rows"] if r["setting"] == reference}
+    paired: dict[tuple, list[float]] = {}
+    for r in result["rows"]:
+        if r["setting"] == reference or key(r) not in ref:
+            continue
+        for (step, ppl), (ref_step, ref_ppl) in zip(curve[r["run"]], ref[key(r)]):
+            assert step == ref_step, (step, ref_step)
+            paired.setdefault((r["setting"], *key(r)[:2], step), []).append(ppl / ref_ppl - 1)
+    return [{"setting": k[0], "context": k[1], "lr": k[2], "step": k[3], "gap": sum(v) / len(v), "gap_sd": sd(v),
+             "seeds": len(v)} for k, v in paired.items()]
+
+
+def plot_curve_gaps(result: dict, reference: str = "full"):
+    """`curve_gaps` drawn: one panel per context (and rate, where the rows have one), one line per setting (the mean
+    over seeds, ± one standard deviation shaded), the gap to the reference at every curve point."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from ..plotting import color
+
+    rows = curve_gaps(result, reference)
+    panels = sorted({(r["context"], r["lr"] or 0.0) for r in rows})
+    fig = Figure(figsize=(max(3.6 * len(panels), 5.0), 3.4), dpi=90)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    for ax, (n, lr) in zip(axes, panels):
+        for setting in dict.fromkeys(r["setting"] for r in rows):
+            pts = sorted((r["step"], 100 * r["gap"], 100 * (r["gap_sd"] or 0)) for r in rows
+                         if r["setting"] == setting and r["context"] == n and (r["lr"] or 0.0) == lr)
+            steps, gap, err = ([p[i] for p in pts] for i in range(3))
+            ax.plot(steps, gap, marker=".", color=color(setting), label=setting)
+            ax.fill_between(steps, [g - e for g, e in zip(gap, err)], [g + e for g, e in zip(gap, err)],
+                            color=color(setting), alpha=0.2, lw=0)
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_title(f"n = {n}" + (f", lr {lr:g}" if lr else ""), fontsize=9)
+        ax.set_xlabel("fine-tuning step")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"validation perplexity vs {reference} (%)")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{result['name']}: the gap to {reference} during fine-tuning (whole windows, full attention; mean "
+                 "± sd over seeds)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def _color(config: dict) -> str | None:
     """A run's colour in every figure (plotting.SETTING_COLORS): its training attention, its remedy, or LoRA+."""
     from ..plotting import SETTING_COLORS

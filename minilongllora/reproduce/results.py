@@ -11,6 +11,8 @@ comparison, plot and verdict coming from its own module (table1.py, …, figure5
     describe(result)    what was run: command, budget, wall time, commit, machine
     curves(result)      {run label: [(step, validation perplexity)]}: every run's recovery during fine-tuning
     plot_curves(result) those curves on one axis
+    curve_gaps(result)  each setting's curve against full attention's, step by step, paired by seed (table1)
+    plot_curve_gaps(result)  those gaps, one panel per context
     plot_loss_by_position(result)  loss against position in the window, per setting (table1, table1_lr)
     overview(directory) every committed result in one table: regime, seeds, verdict (notebook 17)
     rerun(result, steps, out_dir, **match)  the first steps of one of the table's runs again, live, beside the file's
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import textwrap
 
-from .curves import curves, plot_curves, plot_loss_by_position  # noqa: F401  (the notebooks' API)
+from .curves import curve_gaps, curves, plot_curve_gaps, plot_curves, plot_loss_by_position  # noqa: F401  (API)
 from .record import RESULTS_DIR, describe, format_rows, load, window_ppl  # noqa: F401  (the notebooks' API)
 
 
