@@ -67,6 +67,7 @@ starts from an empty cache; "in order" runs the tables in the order listed, each
     table1          24 min   24 min     9 (9)
     table1_lr       29 min   22 min     12 (9)
     table1_window    8 min    1 min     3 (0)
+    table1_budget   15 min   10 min     4 (2)
     table1_sink     47 min   31 min     16 (10)
     table8          11 min    6 min     5 (3)
     figure5          5 min    3 min     3 (2)
@@ -75,7 +76,7 @@ starts from an empty cache; "in order" runs the tables in the order listed, each
     figure4          8 min    4 min     3 (1)
     table7          11 min   11 min     5 (5)
     table11          0 min    0 min     0 (0)
-    all                   ~ 2 h 19 min  (54 runs of 1.6M tokens; N seeds: about N times as long)
+    all                   ~ 2 h 29 min  (56 runs of 1.6M tokens; N seeds: about N times as long)
 
 `--quick` runs every table with 2 steps of 1 sequence at contexts of 2 x 64 … 16 x 64 tokens (PI by context / L
 where that is above 1), 2 evaluation windows, 1 document, 1 passkey trial at 2 lengths: the mechanics in seconds
@@ -98,8 +99,8 @@ import time
 from pathlib import Path
 
 from ..errors import UserInputError
-from . import (figure4, figure5, table1, table1_lr, table1_sink, table1_window, table2, table6, table7, table8,
-               table11)
+from . import (figure4, figure5, table1, table1_budget, table1_lr, table1_sink, table1_window, table2, table6, table7,
+               table8, table11)
 from .figure4 import EXTENDED_PI, MIN_PASSKEY_TOKENS, passkey_lengths  # noqa: F401
 from .plan import (CURVE_POINTS, CURVE_TOKENS, DEFAULT_BASE, DEFAULT_CACHE, LOSS_BINS, LQ_DOCUMENTS,  # noqa: F401
                    LR, PASSKEY_TRIALS, PPL_WINDOWS, PRECISION, QUICK, QUICK_UNIT, SAVE_EVERY, STEPS, STRIDE,
@@ -114,9 +115,9 @@ from .table8 import T8_VARIANTS  # noqa: F401
 from .table11 import T11_CONTEXTS  # noqa: F401
 
 TABLES = {m.NAME: m for m in (table1, table2, table6, table7, table8, table11, figure4, figure5, table1_lr,
-                              table1_window, table1_sink)}
-RUN_ORDER = ("table1", "table1_lr", "table1_window", "table1_sink", "table8", "figure5", "table6", "table2",  # most
-             "figure4", "table7", "table11")  # reuse first
+                              table1_window, table1_budget, table1_sink)}
+RUN_ORDER = ("table1", "table1_lr", "table1_window", "table1_budget", "table1_sink", "table8", "figure5", "table6",
+             "table2", "figure4", "table7", "table11")  # those that reuse most first
 DESCRIPTIONS = {name: m.DESCRIPTION for name, m in TABLES.items()}
 ID_FIELDS = {name: m.ID_FIELDS for name, m in TABLES.items()}
 PAPER = {name: m.PAPER for name, m in TABLES.items()}

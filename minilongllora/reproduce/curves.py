@@ -50,13 +50,14 @@ def curves(result: dict, seeds: bool = True) -> dict[str, list[tuple[int, float]
 
 def curve_gaps(result: dict, reference: str = "full") -> list[dict]:
     """How a table's gaps build up during training: each setting's validation perplexity (the curves above) against
-    the `reference` setting's at the same step, context, rate and seed, in % (paired by seed), then the mean and
-    standard deviation over seeds. Rows {setting, context, lr, step, gap, gap_sd, seeds}, for tables whose rows have
-    a setting and a context (table1; table1_lr, whose rows also have a rate; lr None where they have none)."""
+    the `reference` setting's at the same step, context, rate, budget and seed, in % (paired by seed), then the mean
+    and standard deviation over seeds. Rows {setting, context, lr, steps, step, gap, gap_sd, seeds}, for tables whose
+    rows have a setting and a context (table1; table1_lr's rows also have a rate, table1_budget's a budget: None where
+    they have none)."""
     from .compare import sd
 
     def key(r):
-        return r["context"], r.get("lr"), r["seed"]
+        return r["context"], r.get("lr"), r.get("steps"), r["seed"]
 
     curve = {r["run"]: [(m["step"], window_ppl(m)) for m in result["settings"]["runs"][r["run"]]["curve"]]
              for r in result["rows"]}
@@ -67,34 +68,37 @@ def curve_gaps(result: dict, reference: str = "full") -> list[dict]:
             continue
         for (step, ppl), (ref_step, ref_ppl) in zip(curve[r["run"]], ref[key(r)]):
             assert step == ref_step, (step, ref_step)
-            paired.setdefault((r["setting"], *key(r)[:2], step), []).append(ppl / ref_ppl - 1)
-    return [{"setting": k[0], "context": k[1], "lr": k[2], "step": k[3], "gap": sum(v) / len(v), "gap_sd": sd(v),
-             "seeds": len(v)} for k, v in paired.items()]
+            paired.setdefault((r["setting"], *key(r)[:3], step), []).append(ppl / ref_ppl - 1)
+    return [{"setting": k[0], "context": k[1], "lr": k[2], "steps": k[3], "step": k[4], "gap": sum(v) / len(v),
+             "gap_sd": sd(v), "seeds": len(v)} for k, v in paired.items()]
 
 
 def plot_curve_gaps(result: dict, reference: str = "full"):
-    """`curve_gaps` drawn: one panel per context (and rate, where the rows have one), one line per setting (the mean
-    over seeds, ± one standard deviation shaded), the gap to the reference at every curve point."""
+    """`curve_gaps` drawn: one panel per context (and rate and budget, where the rows have them), one line per
+    setting (the mean over seeds, ± one standard deviation shaded), the gap to the reference at every curve point."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     from ..plotting import color
 
     rows = curve_gaps(result, reference)
-    panels = sorted({(r["context"], r["lr"] or 0.0) for r in rows})
+    def panel(r):
+        return r["context"], r["lr"] or 0.0, r["steps"] or 0
+
+    panels = sorted({panel(r) for r in rows})
     fig = Figure(figsize=(max(3.6 * len(panels), 5.0), 3.4), dpi=90)
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
-    for ax, (n, lr) in zip(axes, panels):
+    for ax, (n, lr, budget) in zip(axes, panels):
         for setting in dict.fromkeys(r["setting"] for r in rows):
             pts = sorted((r["step"], 100 * r["gap"], 100 * (r["gap_sd"] or 0)) for r in rows
-                         if r["setting"] == setting and r["context"] == n and (r["lr"] or 0.0) == lr)
+                         if r["setting"] == setting and panel(r) == (n, lr, budget))
             steps, gap, err = ([p[i] for p in pts] for i in range(3))
             ax.plot(steps, gap, marker=".", color=color(setting), label=setting)
             ax.fill_between(steps, [g - e for g, e in zip(gap, err)], [g + e for g, e in zip(gap, err)],
                             color=color(setting), alpha=0.2, lw=0)
         ax.axhline(0, color="k", lw=0.8)
-        ax.set_title(f"n = {n}" + (f", lr {lr:g}" if lr else ""), fontsize=9)
+        ax.set_title(f"n = {n}" + (f", lr {lr:g}" if lr else "") + (f", {budget} steps" if budget else ""), fontsize=9)
         ax.set_xlabel("fine-tuning step")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(f"validation perplexity vs {reference} (%)")
