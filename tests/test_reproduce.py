@@ -142,6 +142,23 @@ def test_table1_lr_quick_shares_table1s_runs_and_tests_own_patterns(base_dir, di
         assert r.get("ppl_own_pattern", 2.0) > 1 and len(r["loss_bins"]) == rep.LOSS_BINS
 
 
+def test_table1_budget_reuses_table1s_runs_and_doubles_the_steps(base_dir, dirs, capsys):
+    table1 = json.loads((dirs[0] / "table1.quick.json").read_text()) if (dirs[0] / "table1.quick.json").is_file() \
+        else quick("table1", base_dir, dirs, capsys)
+    result = quick("table1_budget", base_dir, dirs, capsys)
+    rows, steps = result["rows"], rep.QUICK["steps"]
+    assert {(r["setting"], r["steps"]) for r in rows} == {(s, k * steps) for s in rep.T1_BUDGET_SETTINGS
+                                                          for k in rep.T1_BUDGETS}
+    configs = {c["run"]: c for c in result["settings"]["train_configs"]}
+    at_4x = {r["setting"]: r["run"] for r in table1["rows"] if r["context"] == 256}
+    for r in rows:
+        assert configs[r["run"]]["steps"] == r["steps"] and r["context"] == 256
+        assert (r["run"] == at_4x[r["setting"]]) == (r["steps"] == steps)  # the regime's budget: table1's runs
+        assert r["ppl"] > 1 and r["ppl_test"] > 1 and len(r["loss_bins"]) == rep.LOSS_BINS
+    long = [r for r in rows if r["steps"] == 2 * steps]
+    assert all(len(result["settings"]["runs"][r["run"]]["curve"]) > 1 for r in long)
+
+
 def test_table1_window_reuses_table1s_runs_and_full_window_is_full_attention(base_dir, dirs, capsys):
     table1 = json.loads((dirs[0] / "table1.quick.json").read_text()) if (dirs[0] / "table1.quick.json").is_file() \
         else quick("table1", base_dir, dirs, capsys)

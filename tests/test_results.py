@@ -30,7 +30,8 @@ def test_results_files_are_full_runs_with_their_command(result):
     assert result["machine"]["torch"] and result["seconds"] >= 0
     if name != "table11":  # every run of a file has the budget the file records
         budget = result["settings"]["budget"]
-        assert all(c["steps"] == budget["steps"] for c in result["settings"]["train_configs"])
+        budgets = [k * budget["steps"] for k in (rep.T1_BUDGETS if name == "table1_budget" else (1,))]
+        assert {c["steps"] for c in result["settings"]["train_configs"]} == set(budgets)  # table1_budget: 2 budgets
         assert all(c["lr"] in (*budget["lr"].values(), *rep.T1_LR) for c in result["settings"]["train_configs"])
     if "regime" in result["settings"]:  # made in the regime: today's plan, within its ratios to the base
         regime = result["settings"]["regime"]
@@ -66,6 +67,19 @@ def test_compare_relative_values_by_hand(result):
                                  for s in ("s2", "short")))
             part = results.verdict(result).split(f"lr {lr:g}: ")[1].split("; lr ")[0]
             assert f"(each with its own pattern: {than(s2_short, 'short')})" in part
+    elif name == "table1_budget":
+        for steps in {r["steps"] for r in rows}:
+            s2 = next(c for c in cmp if c["label"] == f"s2 {steps} steps")
+            assert s2["ours_rel"] == pytest.approx(_by(rows, setting="s2", steps=steps)
+                                                   / _by(rows, setting="full", steps=steps) - 1, rel=1e-12)
+        full = {(r["steps"], r["seed"]): r["ppl"] for r in rows if r["setting"] == "full"}
+        gaps = {}  # S2-Attn's gap to full attention of the same seed, per budget
+        for r in rows:
+            if r["setting"] == "s2":
+                gaps.setdefault(r["steps"], []).append(r["ppl"] / full[(r["steps"], r["seed"])] - 1)
+        change = resolve(gaps[max(gaps)], gaps[min(gaps)])  # the per-seed gap at the longer budget against the shorter
+        phrase = {"lower": "shrinks", "higher": "grows", "not resolved": "does not resolve"}[change]
+        assert phrase in results.verdict(result)
     elif name == "table1_window":
         n = max(r["window"] for r in rows)
         for c in cmp:
@@ -134,6 +148,14 @@ def test_plot_verdict_and_describe(result):
     if result["name"] not in ("table11",):
         assert results.curves(result) and len(results.plot_curves(result).axes) == 1
         assert len(results.curves(result)) == len(result["settings"]["runs"])  # one distinct label per run
+
+
+def test_overview_names_each_files_regime():
+    rows = {r["table"]: r for r in results.overview(RESULTS)}
+    assert set(rows) == set(rep.TABLES)
+    assert rows["table11"]["regime"] == "no training" and rows["table1"]["regime"] == "paper's"
+    assert rows["table1_budget"]["regime"] == "past-the-cap"  # its longer runs exceed the cap on purpose
+    assert all(r["verdict"] and r["made"] for r in rows.values())
 
 
 def test_loss_by_position_has_a_panel_per_context():

@@ -129,6 +129,6 @@ def estimate_text(seeds: int = 1) -> str:
                      f"{e['runs']} ({e['new_runs']})")
     total = est["total"]["in_order"]
     lines.append(f"    all                   ~ {int(total // 3600)} h {round(total % 3600 / 60):.0f} min  "
-                 f"({est['total']['new_runs']} runs of {STEPS * TOKENS_PER_STEP / 1e6:.1f}M tokens; N seeds: about N "
-                 f"times as long)")
+                 f"({est['total']['new_runs']} runs, most of {STEPS * TOKENS_PER_STEP / 1e6:.1f}M tokens; "
+                 "N seeds: about N times as long)")
     return "\n".join(lines)
