@@ -8,7 +8,8 @@ from .plan import group_of
 from .record import window_ppl
 
 
-def _run_label(config: dict) -> str:
+def _run_label(config: dict, steps: bool = False) -> str:
+    """A run's name in the curves' legends; `steps`: with its budget (a table with several, table1_budget)."""
     method = {"full": "full FT", "lora": "LoRA", "lora_plus": "LoRA+"}[config["method"]]
     parts = [method, {"full": "full attention", "s2": "S2-Attn"}.get(config["attention"], config["attention"])]
     if config["attention"] == "s2" and config.get("s2_variant", "split") != "split":
@@ -24,7 +25,7 @@ def _run_label(config: dict) -> str:
         parts.append(f"{config['passkey_share']:.0%} passkey docs")
     if config["method"] != "full" and config.get("lora_r") != 8:
         parts.append(f"r={config['lora_r']}")
-    parts += [f"{config['seq_len']} tokens", f"lr {config['lr']:g}"]
+    parts += [f"{config['seq_len']} tokens", f"lr {config['lr']:g}"] + ([f"{config['steps']} steps"] if steps else [])
     label = ", ".join(parts)
     if config.get("train_embed") is False or config.get("train_norm") is False:  # Table 2's single additions
         label += f" (embed {config['train_embed']}, norm {config['train_norm']})"
@@ -40,7 +41,7 @@ def curves(result: dict, seeds: bool = True) -> dict[str, list[tuple[int, float]
     several = len(result["settings"].get("seeds", [0])) > 1
     out: dict[str, list] = {}
     for key, run in result["settings"]["runs"].items():
-        label = _run_label(configs[key])
+        label = _run_label(configs[key], _budgets(result))
         if several and seeds:
             label += f", seed {configs[key].get('seed', 0)}"
         out.setdefault(label, []).append([(m["step"], window_ppl(m)) for m in run["curve"]])
@@ -109,6 +110,11 @@ def plot_curve_gaps(result: dict, reference: str = "full"):
     return fig
 
 
+def _budgets(result: dict) -> bool:
+    """Whether the table's runs have several budgets (table1_budget), so their labels must name theirs."""
+    return len({c["steps"] for c in result["settings"]["train_configs"]}) > 1
+
+
 def _color(config: dict) -> str | None:
     """A run's colour in every figure (plotting.SETTING_COLORS): its training attention, its remedy, or LoRA+."""
     from ..plotting import SETTING_COLORS
@@ -136,13 +142,14 @@ def plot_curves(result: dict, select=None, seeds: bool = False):
     fig = Figure(figsize=(8, 4), dpi=90)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    configs = {_run_label(c): c for c in result["settings"]["train_configs"]}
-    styles = sorted({(c["seq_len"], c["lr"]) for c in configs.values()})  # one line style per context and rate
+    configs = {_run_label(c, _budgets(result)): c for c in result["settings"]["train_configs"]}
+    styles = sorted({(c["seq_len"], c["lr"], c["steps"]) for c in configs.values()})  # per context, rate, budget
     lines = {label: pts for label, pts in curves(result, seeds).items() if select is None or select(label)}
     for label, pts in lines.items():
         config = configs.get(label.rsplit(", seed ", 1)[0], {})
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=label, color=_color(config),
-                ls=("-", "--", ":", "-.")[styles.index((config["seq_len"], config["lr"])) % 4] if config else "-")
+                ls=("-", "--", ":", "-.")[styles.index((config["seq_len"], config["lr"], config["steps"])) % 4]
+                if config else "-")
     plain_log(ax)
     ax.set_xlabel("fine-tuning step")
     ax.set_ylabel("validation perplexity (whole windows, full attention)")
