@@ -38,6 +38,10 @@ def test_results_files_are_full_runs_with_their_command(result):
         assert result["settings"]["budget"]["steps"] == rep.STEPS and regime["lr"] == rep.LR
         assert regime["lr_ratio"] <= regime["max_lr_ratio"] + 1e-12
         assert regime["token_ratio"] <= regime["max_token_ratio"]
+        if "max_run_token_ratio" in regime:  # recorded since table1_budget: each run's own tokens against the cap
+            beyond = getattr(rep.TABLES[name], "BEYOND_THE_CAP", False)
+            assert (regime["max_run_token_ratio"] > regime["max_token_ratio"]) == beyond
+            assert regime["steps_of_runs"] == sorted({c["steps"] for c in result["settings"]["train_configs"]})
 
 
 def _by(rows, **match):

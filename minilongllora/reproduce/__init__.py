@@ -50,16 +50,17 @@ Metrics of every row (validation split, full attention):
   over the first `eval_windows` packed validation windows, 8192 tokens; `val_ppl` in records made before its rename),
   kept under settings.runs[KEY].curve: the recovery from interpolation, and Figure 5's curves.
 
-The regime (plan.py; every results file records it under settings.regime): fine-tuning small beside the base's
-own pretraining, as the paper's (about 0.03% of Llama 2's tokens at 1/15 of its peak learning rate). Every run:
-4096 tokens per step (8 x 512, 4 x 1024, 2 x 2048, 5 x 768), STEPS = 400 optimizer steps (1.64M tokens, 4.8% of the
-tiny base's 34.4M: at most 5%), learning rate 1e-4 for every method (a tenth of the base's peak 1e-3: at most a
-tenth; one rate for all, as the paper's 2e-5), AdamW β = (0.9, 0.95), weight decay 0, 20 warmup steps then constant
-(the paper's), clip 1.0, bf16 autocast (`PRECISION`; `--precision fp32` for fp32). Identical settings in different
-tables are the same run (table1's s2 at 2x is table8's split and Figure 5's full FT; table2's full FT is table1's s2
-at 8x). Seeds 0 … N−1 (`--seeds N`, default 1) change the data order and the LoRA initialisation; each seed is its
-own row, `summary` gives mean and std over seeds, and a verdict calls two rows different only when their means
-differ by more than twice the larger standard error (`compare.resolve`), "not resolved" otherwise.
+The regime (plan.py; every results file records it under settings.regime, with the steps of its runs and its largest
+run's token ratio): fine-tuning small beside the base's own pretraining, as the paper's (about 0.03% of Llama 2's
+tokens at 1/15 of its peak learning rate). Every run: 4096 tokens per step (8 x 512, 4 x 1024, 2 x 2048, 5 x 768),
+STEPS = 400 optimizer steps (1.64M tokens, 4.8% of the tiny base's 34.4M: at most 5%), learning rate 1e-4 for every
+method (a tenth of the base's peak 1e-3: at most a tenth; one rate for all, as the paper's 2e-5), AdamW β = (0.9,
+0.95), weight decay 0, 20 warmup steps then constant (the paper's), clip 1.0, bf16 autocast (`PRECISION`;
+`--precision fp32` for fp32). Identical settings in different tables are the same run (table1's s2 at 2x is table8's
+split and Figure 5's full FT; table2's full FT is table1's s2 at 8x). Seeds 0 … N−1 (`--seeds N`, default 1) change
+the data order and the LoRA initialisation; each seed is its own row, `summary` gives mean and std over seeds, and a
+verdict calls two rows different only when their means differ by more than twice the larger standard error
+(`compare.resolve`), "not resolved" otherwise.
 
 Estimated full-run times, 1 seed, 2 quiet cores, bf16 (train + evaluation; the model from measured fp32 tokens/s:
 8,000 tok/s at 1024 with S2 + LoRA+, 7,000 at 256 with full FT, divided by BF16_SPEEDUP; see `cost.py`). "alone"
@@ -191,11 +192,20 @@ def reproduce(name: str, *, quick: bool = False, seeds: int = 1, out: str | Path
     return result
 
 
+def _max_run_token_ratio(plan: Plan, runs: dict) -> float | None:
+    """The largest run's fine-tuning tokens over the base's pretraining tokens (the regime caps it at 5%; only a
+    diagnostic past the cap on purpose, table1_budget, exceeds it)."""
+    pre = plan.regime()["base_pretraining_tokens"]
+    return max(r["tokens"] for r in runs.values()) / pre if pre and runs else None
+
+
 def _settings(plan: Plan, runs: dict, seeds: int, cache_dir, seconds: float, estimate: float | None) -> dict:
     return {
         "base": plan.base, "base_context": plan.base_context, "context_unit": plan.context(1),
         "regime": {**plan.regime(), "contexts_x_base": sorted({r["config"]["seq_len"] / plan.base_context
-                                                               for r in runs.values()})},
+                                                               for r in runs.values()}),
+                   "steps_of_runs": sorted({r["config"]["steps"] for r in runs.values()}),  # past the cap: >1 budget
+                   "max_run_token_ratio": _max_run_token_ratio(plan, runs)},
         "seeds": list(range(seeds)), "cache_dir": str(cache_dir),
         "budget": {**plan.budget(), "per_context": per_context(runs), "runs": len(runs),
                    "tokens_all_runs": sum(r["tokens"] for r in runs.values()),
