@@ -41,6 +41,9 @@ def quick(name, base_dir, dirs, capsys, *extra):
     assert "paper" in paper["label"] and paper["source"].startswith("LongLoRA") and paper["rows"]
     budget = result["settings"]["budget"]
     assert {"steps", "target_tokens_per_step", "per_context", "tokens_all_runs", "wall_seconds"} <= set(budget)
+    regime = result["settings"]["regime"]  # the steps of its runs and its largest run's share of pretraining
+    assert regime["steps_of_runs"] == sorted({c["steps"] for c in result["settings"]["train_configs"]})
+    assert "max_run_token_ratio" in regime
     return result
 
 
