@@ -38,10 +38,10 @@ def curves(result: dict, seeds: bool = True) -> dict[str, list[tuple[int, float]
     With several seeds each run's label ends in its seed; `seeds=False` gives one line per setting instead, the mean
     over its seeds."""
     configs = {c["run"]: c for c in result["settings"]["train_configs"]}
-    several = len(result["settings"].get("seeds", [0])) > 1
+    several, budgets = len(result["settings"].get("seeds", [0])) > 1, _budgets(result)
     out: dict[str, list] = {}
     for key, run in result["settings"]["runs"].items():
-        label = _run_label(configs[key], _budgets(result))
+        label = _run_label(configs[key], budgets)
         if several and seeds:
             label += f", seed {configs[key].get('seed', 0)}"
         out.setdefault(label, []).append([(m["step"], window_ppl(m)) for m in run["curve"]])
@@ -83,6 +83,7 @@ def plot_curve_gaps(result: dict, reference: str = "full"):
     from ..plotting import color
 
     rows = curve_gaps(result, reference)
+
     def panel(r):
         return r["context"], r["lr"] or 0.0, r["steps"] or 0
 
