@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from minilongllora import reproduce as rep
+from minilongllora.reproduce import results
 from conftest import run_cli
 
 TOP_KEYS = {"name", "quick", "description", "command", "argv", "git_commit", "started", "seconds", "machine",
@@ -149,17 +150,23 @@ def test_table1_budget_reuses_table1s_runs_and_doubles_the_steps(base_dir, dirs,
     table1 = json.loads((dirs[0] / "table1.quick.json").read_text()) if (dirs[0] / "table1.quick.json").is_file() \
         else quick("table1", base_dir, dirs, capsys)
     result = quick("table1_budget", base_dir, dirs, capsys)
-    rows, steps = result["rows"], rep.QUICK["steps"]
-    assert {(r["setting"], r["steps"]) for r in rows} == {(s, k * steps) for s in rep.T1_BUDGET_SETTINGS
-                                                          for k in rep.T1_BUDGETS}
+    rows, steps, unit = result["rows"], rep.QUICK["steps"], rep.QUICK_UNIT
+    assert {(r["setting"], r["context"], r["steps"]) for r in rows} == {
+        (s, f * unit, k * steps) for s in rep.T1_BUDGET_SETTINGS for f in rep.T1_BUDGET_FACTORS for k in rep.T1_BUDGETS}
     configs = {c["run"]: c for c in result["settings"]["train_configs"]}
-    at_4x = {r["setting"]: r["run"] for r in table1["rows"] if r["context"] == 256}
+    table1_runs = {(r["setting"], r["context"]): r["run"] for r in table1["rows"] if "run" in r}
     for r in rows:
-        assert configs[r["run"]]["steps"] == r["steps"] and r["context"] == 256
-        assert (r["run"] == at_4x[r["setting"]]) == (r["steps"] == steps)  # the regime's budget: table1's runs
+        assert configs[r["run"]]["steps"] == r["steps"] and configs[r["run"]]["seq_len"] == r["context"]
+        assert (r["run"] == table1_runs[(r["setting"], r["context"])]) == (r["steps"] == steps)  # table1's runs
         assert r["ppl"] > 1 and r["ppl_test"] > 1 and len(r["loss_bins"]) == rep.LOSS_BINS
     long = [r for r in rows if r["steps"] == 2 * steps]
     assert all(len(result["settings"]["runs"][r["run"]]["curve"]) > 1 for r in long)
+    cmp = results.compare(result)  # one row per setting, context and budget, each against full FT of its own
+    assert len(cmp) == len(rep.T1_BUDGET_SETTINGS) * len(rep.T1_BUDGET_FACTORS) * len(rep.T1_BUDGETS)
+    per_context = len(rep.T1_BUDGET_SETTINGS) * len(rep.T1_BUDGETS)  # the paper's context at the same multiple
+    assert [c["paper_context"] for c in cmp] == [4096 * f for f in rep.T1_BUDGET_FACTORS for _ in range(per_context)]
+    verdict = rep.table1_budget.verdict(result, cmp)  # the full file's sentence (results.verdict says "quick run")
+    assert all(f"{f * unit} tokens: " in verdict for f in rep.T1_BUDGET_FACTORS)
 
 
 def test_table1_window_reuses_table1s_runs_and_full_window_is_full_attention(base_dir, dirs, capsys):

@@ -72,18 +72,22 @@ def test_compare_relative_values_by_hand(result):
             part = results.verdict(result).split(f"lr {lr:g}: ")[1].split("; lr ")[0]
             assert f"(each with its own pattern: {than(s2_short, 'short')})" in part
     elif name == "table1_budget":
-        for steps in {r["steps"] for r in rows}:
-            s2 = next(c for c in cmp if c["label"] == f"s2 {steps} steps")
-            assert s2["ours_rel"] == pytest.approx(_by(rows, setting="s2", steps=steps)
-                                                   / _by(rows, setting="full", steps=steps) - 1, rel=1e-12)
-        full = {(r["steps"], r["seed"]): r["ppl"] for r in rows if r["setting"] == "full"}
-        gaps = {}  # S2-Attn's gap to full attention of the same seed, per budget
+        for n, steps in {(r["context"], r["steps"]) for r in rows}:
+            s2 = next(c for c in cmp if c["label"] == f"s2 {steps} steps @ {n}")
+            assert s2["ours_rel"] == pytest.approx(_by(rows, setting="s2", steps=steps, context=n)
+                                                   / _by(rows, setting="full", steps=steps, context=n) - 1, rel=1e-12)
+        full = {(r["context"], r["steps"], r["seed"]): r["ppl"] for r in rows if r["setting"] == "full"}
+        gaps = {}  # S2-Attn's gap to full attention of the same seed, per context and budget
         for r in rows:
             if r["setting"] == "s2":
-                gaps.setdefault(r["steps"], []).append(r["ppl"] / full[(r["steps"], r["seed"])] - 1)
-        change = resolve(gaps[max(gaps)], gaps[min(gaps)])  # the per-seed gap at the longer budget against the shorter
-        phrase = {"lower": "shrinks", "higher": "grows", "not resolved": "does not resolve"}[change]
-        assert phrase in results.verdict(result)
+                gaps.setdefault((r["context"], r["steps"]), []).append(
+                    r["ppl"] / full[(r["context"], r["steps"], r["seed"])] - 1)
+        for n in {r["context"] for r in rows}:  # the per-seed gap at the longer budget against the shorter
+            short, long = (min(k for k in gaps if k[0] == n), max(k for k in gaps if k[0] == n))
+            phrase = {"lower": "shrinks", "higher": "grows", "not resolved": "does not resolve"}[
+                resolve(gaps[long], gaps[short])]
+            part = results.verdict(result).split(f"{n} tokens: ")[1].split(" | ")[0]
+            assert phrase in part
     elif name == "table1_window":
         n = max(r["window"] for r in rows)
         for c in cmp:

@@ -1,5 +1,5 @@
-"""(Not in the paper.) Table 1 at 4x, full-attention FT and S2-Attn, with the regime's budget and with twice it (800
-steps: 9.5% of the base's pretraining tokens, past the regime's 5% cap): does S2-Attn's gap shrink once
+"""(Not in the paper.) Table 1 at 4x and 8x, full-attention FT and S2-Attn, with the regime's budget and with twice
+it (800 steps: 9.5% of the base's pretraining tokens, past the regime's 5% cap): does S2-Attn's gap shrink once
 full-attention fine-tuning has flattened, as it does at 2x within the budget?"""
 
 from __future__ import annotations
@@ -13,86 +13,118 @@ from .runner import run_fields
 from .table1 import PAPER_PPL
 
 NAME = "table1_budget"
-DESCRIPTION = ("Table 1 at 4x the base's context with the regime's 400 steps and with twice them (not in the paper; "
-               "past the 5% token cap): full-attention FT vs S2-Attn, full FT with PI, tested with full attention")
-ID_FIELDS = ("setting", "steps")
-T1_BUDGETS = (1, 2)  # the budget as a multiple of the regime's steps; 1 is table1's runs at 4x
+DESCRIPTION = ("Table 1 at 4x and 8x the base's context with the regime's 400 steps and with twice them (not in the "
+               "paper; past the 5% token cap): full-attention FT vs S2-Attn, full FT with PI, tested with full "
+               "attention")
+ID_FIELDS = ("setting", "context", "steps")
+T1_BUDGETS = (1, 2)  # the budget as a multiple of the regime's steps; 1 is table1's runs
 T1_BUDGET_SETTINGS = ("full", "s2")
+T1_BUDGET_FACTORS = (4, 8)  # table1's contexts where full-attention FT has not flattened within the budget
 BEYOND_THE_CAP = True  # its longer runs exceed the regime's token cap on purpose (a diagnostic)
-PAPER = {"source": "LongLoRA v3 Table 1 (PAPER.md §1), its 8192 column", "setup": "the paper has no budget "
-         "ablation: Table 1 at 8192 (its 1000 steps) for reference.",
-         "rows": [{"setting": s, "steps": 1000, "context": 8192, "ppl": PAPER_PPL[s][0]} for s in T1_BUDGET_SETTINGS]}
+PAPER = {"source": "LongLoRA v3 Table 1 (PAPER.md §1), its 16384 and 32768 columns (4x and 8x Llama 2's 4096)",
+         "setup": "the paper has no budget ablation: Table 1 at the same multiples (its 1000 steps) for reference.",
+         "rows": [{"setting": s, "steps": 1000, "context": 4096 * f, "ppl": PAPER_PPL[s][i]}
+                  for s in T1_BUDGET_SETTINGS for i, f in ((1, 4), (2, 8))]}
 
 
 def rows(plan: Plan, runner, seeds) -> list[dict]:
-    """Each seed's full-attention FT and S2-Attn run at 4x with each budget; the curve is recorded every
+    """Each seed's full-attention FT and S2-Attn run at each context with each budget; the curve is recorded every
     `plan.curve_every` steps in both, so the two budgets' curves share their first points."""
-    out, n = [], plan.context(4)
+    out = []
     for seed in seeds:
-        for budget in T1_BUDGETS:
-            p = dataclasses.replace(plan, steps=budget * plan.steps)
-            for setting in T1_BUDGET_SETTINGS:
-                run = runner.train(p.config(n, method="full", attention=setting, seed=seed))
-                out.append({"setting": setting, "steps": p.steps, "context": n, "seed": seed,
-                            "group_size": group_of(run["config"]), **runner.ppl(run, n), **runner.last_quarter(run, n),
-                            **runner.test_split(run, n), **run_fields(run)})
+        for factor in T1_BUDGET_FACTORS:
+            n = plan.context(factor)
+            for budget in T1_BUDGETS:
+                p = dataclasses.replace(plan, steps=budget * plan.steps)
+                for setting in T1_BUDGET_SETTINGS:
+                    run = runner.train(p.config(n, method="full", attention=setting, seed=seed))
+                    out.append({"setting": setting, "steps": p.steps, "context": n, "seed": seed,
+                                "group_size": group_of(run["config"]), **runner.ppl(run, n),
+                                **runner.last_quarter(run, n), **runner.test_split(run, n), **run_fields(run)})
     return out
+
+
+def _paper_context(result: dict, n: int) -> int:
+    """The paper's context at the same multiple of its base's (4096) as `n` of ours."""
+    settings = result["settings"]
+    return 4096 * round(n / (settings.get("context_unit") or settings["base_context"]))
 
 
 def compare(result: dict) -> list[dict]:
     rows_, out = result["rows"], []
-    pref = paper_value(result, setting="full")
-    for steps in sorted({r["steps"] for r in rows_}):
-        ref = reference(rows_, setting="full", steps=steps)
-        for s in T1_BUDGET_SETTINGS:
-            out.append(ppl_row(f"{s} {steps} steps", paper_value(result, setting=s), pref, rows_, ref, setting=s,
-                               steps=steps))
+    for n in sorted({r["context"] for r in rows_}):
+        pn = _paper_context(result, n)
+        pref = paper_value(result, setting="full", context=pn)
+        for steps in sorted({r["steps"] for r in rows_}):
+            ref = reference(rows_, setting="full", steps=steps, context=n)
+            for s in T1_BUDGET_SETTINGS:
+                row = ppl_row(f"{s} {steps} steps @ {n}", paper_value(result, setting=s, context=pn), pref, rows_,
+                              ref, setting=s, steps=steps, context=n)
+                out.append({**row, "setting": s, "steps": steps, "context": n, "paper_context": pn})
     return out
 
 
-def _gaps(rows_: list[dict], steps: int) -> list[float]:
-    """S2-Attn's gap to full-attention FT of the same seed, per seed, at one budget."""
-    full = {r["seed"]: r["ppl"] for r in rows_ if r["setting"] == "full" and r["steps"] == steps}
-    return [r["ppl"] / full[r["seed"]] - 1 for r in rows_ if r["setting"] == "s2" and r["steps"] == steps]
+def _gaps(rows_: list[dict], steps: int, n: int) -> list[float]:
+    """S2-Attn's gap to full-attention FT of the same seed, per seed, at one budget and context."""
+    full = {r["seed"]: r["ppl"] for r in rows_ if r["setting"] == "full" and r["steps"] == steps
+            and r["context"] == n}
+    return [r["ppl"] / full[r["seed"]] - 1 for r in rows_ if r["setting"] == "s2" and r["steps"] == steps
+            and r["context"] == n]
 
 
 def plot(result: dict, rows_: list[dict]):
-    """Left: S2-Attn's gap to full-attention FT by budget (each seed and the mean); right: the absolute
-    sliding-window perplexities."""
+    """Left: S2-Attn's gap to full-attention FT by budget at each context (each seed and the mean); right: the
+    absolute sliding-window perplexities."""
     from ..plotting import color
 
     fig, (a, b) = figure()
-    budgets = sorted({r["steps"] for r in result["rows"]})
-    gaps = [_gaps(result["rows"], s) for s in budgets]
-    for s, g in zip(budgets, gaps):
-        a.scatter([s] * len(g), [100 * x for x in g], color=color("s2"), alpha=0.5, s=14)
-    a.plot(budgets, [100 * sum(g) / len(g) for g in gaps], marker="^", color=color("s2"), label="S2-Attn (mean)")
+    rs = result["rows"]
+    budgets, contexts = sorted({r["steps"] for r in rs}), sorted({r["context"] for r in rs})
+    styles = dict(zip(contexts, ("-", "--", ":")))
+    for n in contexts:
+        gaps = [_gaps(rs, s, n) for s in budgets]
+        for s, g in zip(budgets, gaps):
+            a.scatter([s] * len(g), [100 * x for x in g], color=color("s2"), alpha=0.5, s=14)
+        a.plot(budgets, [100 * sum(g) / len(g) for g in gaps], marker="^", ls=styles[n], color=color("s2"),
+               label=f"S2-Attn @ {n} (mean)")
+        for s, marker in (("full", "o"), ("s2", "^")):
+            b.plot(budgets, [mean(rs, "ppl", setting=s, steps=x, context=n) for x in budgets], marker=marker,
+                   ls=styles[n], color=color(s), label=f"{s} @ {n}")
     a.axhline(0, color="k", lw=0.8)
     label_axes(a, OUR_MODEL + quick_note(result), "fine-tuning steps", "S2-Attn vs full FT, same seed (%)")
-    for s, marker in (("full", "o"), ("s2", "^")):
-        b.plot(budgets, [mean(result["rows"], "ppl", setting=s, steps=x) for x in budgets], marker=marker,
-               color=color(s), label=s)
     label_axes(b, "ours: absolute perplexity", "fine-tuning steps", "sliding-window perplexity, full attention")
     for ax in (a, b):
         ax.set_xticks(budgets)
     return fig
 
 
-def verdict(result: dict, rows_: list[dict]) -> str:
-    """Under the verdict rule (compare.resolve): S2-Attn against full-attention FT at each budget, full FT's gain
-    from the longer budget, and S2-Attn's per-seed gap at the longer budget against the shorter one."""
-    rs = result["rows"]
-    short, long = min(r["steps"] for r in rs), max(r["steps"] for r in rs)
+def _at(rs: list[dict], n: int, short: int, long: int) -> str:
+    """One context's part of the verdict: S2-Attn against full FT at each budget, full FT's gain from the longer
+    budget, and whether S2-Attn's per-seed gap changes with it."""
     parts = []
     for steps in (short, long):
-        gap, vs = _gaps(rs, steps), versus(rs, {"setting": "s2", "steps": steps}, {"setting": "full", "steps": steps})
+        gap = _gaps(rs, steps, n)
+        vs = versus(rs, {"setting": "s2", "steps": steps, "context": n},
+                    {"setting": "full", "steps": steps, "context": n})
         parts.append(f"at {steps} steps S2-Attn {pct(sum(gap) / len(gap))} ({than(vs, 'full FT')}; full FT "
-                     f"{mean(rs, 'ppl', setting='full', steps=steps):.3f})")
-    full_gain = versus(rs, {"setting": "full", "steps": long}, {"setting": "full", "steps": short})
-    shrinks = resolve(_gaps(rs, long), _gaps(rs, short))
+                     f"{mean(rs, 'ppl', setting='full', steps=steps, context=n):.3f})")
+    full_gain = versus(rs, {"setting": "full", "steps": long, "context": n},
+                       {"setting": "full", "steps": short, "context": n})
+    change = resolve(_gaps(rs, long, n), _gaps(rs, short, n))
     outcome = {"lower": "S2-Attn's gap shrinks with the longer budget",
                "higher": "S2-Attn's gap grows with the longer budget",
-               "not resolved": "the longer budget does not resolve a change in S2-Attn's gap"}[shrinks]
-    return (f"Table 1 at 4x by budget (not in the paper; past the regime's token cap; {seeds_text(result)}; {RULE}): "
-            + "; ".join(parts) + f"; full FT at {long} steps {than(full_gain, f'at {short}')}: {outcome}"
-            f" (the paper at 8192, 1000 steps: S2-Attn {pct(PAPER_PPL['s2'][0] / PAPER_PPL['full'][0] - 1)}).")
+               "not resolved": "the longer budget does not resolve a change in S2-Attn's gap"}[change]
+    return f"{n} tokens: " + "; ".join(parts) + f"; full FT at {long} steps {than(full_gain, f'at {short}')}: {outcome}"
+
+
+def verdict(result: dict, rows_: list[dict]) -> str:
+    """Under the verdict rule (compare.resolve), at each context: S2-Attn against full-attention FT at each budget,
+    full FT's gain from the longer budget, and S2-Attn's per-seed gap at the longer budget against the shorter one."""
+    rs = result["rows"]
+    short, long = min(r["steps"] for r in rs), max(r["steps"] for r in rs)
+    contexts = sorted({r["context"] for r in rs})
+    paper = ", ".join(f"{pct(PAPER_PPL['s2'][i] / PAPER_PPL['full'][i] - 1)} at {4096 * f}"
+                      for i, f in ((1, 4), (2, 8)))
+    return (f"Table 1 by budget (not in the paper; past the regime's token cap; {seeds_text(result)}; {RULE}): "
+            + " | ".join(_at(rs, n, short, long) for n in contexts)
+            + f" (the paper, 1000 steps: S2-Attn {paper}).")
