@@ -159,6 +159,7 @@ def test_table1_budget_reuses_table1s_runs_and_doubles_the_steps(base_dir, dirs,
         assert configs[r["run"]]["steps"] == r["steps"] and configs[r["run"]]["seq_len"] == r["context"]
         assert (r["run"] == table1_runs[(r["setting"], r["context"])]) == (r["steps"] == steps)  # table1's runs
         assert r["ppl"] > 1 and r["ppl_test"] > 1 and len(r["loss_bins"]) == rep.LOSS_BINS
+        assert ("ppl_own_pattern" in r) == (r["setting"] == "s2") and r.get("ppl_own_pattern", 2.0) > 1
     long = [r for r in rows if r["steps"] == 2 * steps]
     assert all(len(result["settings"]["runs"][r["run"]]["curve"]) > 1 for r in long)
     cmp = results.compare(result)  # one row per setting, context and budget, each against full FT of its own

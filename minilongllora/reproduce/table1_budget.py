@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 
 from .compare import (OUR_MODEL, RULE, figure, label_axes, mean, paper_value, pct, ppl_row, quick_note, reference,
-                      resolve, seeds_text, than, versus)
+                      rel, resolve, seeds_text, than, versus)
 from .plan import Plan, group_of
 from .runner import run_fields
 from .table1 import PAPER_PPL
@@ -28,8 +28,9 @@ PAPER = {"source": "LongLoRA v3 Table 1 (PAPER.md §1), its 16384 and 32768 colu
 
 
 def rows(plan: Plan, runner, seeds) -> list[dict]:
-    """Each seed's full-attention FT and S2-Attn run at each context with each budget; the curve is recorded every
-    `plan.curve_every` steps in both, so the two budgets' curves share their first points."""
+    """Each seed's full-attention FT and S2-Attn run at each context with each budget, S2-Attn also tested with its
+    own pattern; the curve is recorded every `plan.curve_every` steps in both, so the two budgets' curves share their
+    first points."""
     out = []
     for seed in seeds:
         for factor in T1_BUDGET_FACTORS:
@@ -38,9 +39,12 @@ def rows(plan: Plan, runner, seeds) -> list[dict]:
                 p = dataclasses.replace(plan, steps=budget * plan.steps)
                 for setting in T1_BUDGET_SETTINGS:
                     run = runner.train(p.config(n, method="full", attention=setting, seed=seed))
-                    out.append({"setting": setting, "steps": p.steps, "context": n, "seed": seed,
-                                "group_size": group_of(run["config"]), **runner.ppl(run, n),
-                                **runner.last_quarter(run, n), **runner.test_split(run, n), **run_fields(run)})
+                    row = {"setting": setting, "steps": p.steps, "context": n, "seed": seed,
+                           "group_size": group_of(run["config"]), **runner.ppl(run, n), **runner.last_quarter(run, n),
+                           **runner.test_split(run, n)}
+                    if setting != "full":  # tested with its own pattern too: does it still improve there?
+                        row["ppl_own_pattern"] = runner.ppl(run, n, "train")["ppl"]
+                    out.append({**row, **run_fields(run)})
     return out
 
 
@@ -60,7 +64,9 @@ def compare(result: dict) -> list[dict]:
             for s in T1_BUDGET_SETTINGS:
                 row = ppl_row(f"{s} {steps} steps @ {n}", paper_value(result, setting=s, context=pn), pref, rows_,
                               ref, setting=s, steps=steps, context=n)
-                out.append({**row, "setting": s, "steps": steps, "context": n, "paper_context": pn})
+                own = mean(rows_, "ppl_own_pattern", setting=s, steps=steps, context=n)
+                out.append({**row, "ours_own": own, "ours_own_rel": rel(own, ref["ppl"]), "setting": s,
+                            "steps": steps, "context": n, "paper_context": pn})
     return out
 
 
@@ -90,9 +96,13 @@ def plot(result: dict, rows_: list[dict]):
         for s, marker in (("full", "o"), ("s2", "^")):
             b.plot(budgets, [mean(rs, "ppl", setting=s, steps=x, context=n) for x in budgets], marker=marker,
                    ls=styles[n], color=color(s), label=f"{s} @ {n}")
+        own = [mean(rs, "ppl_own_pattern", setting="s2", steps=x, context=n) for x in budgets]
+        if None not in own:  # files made before the own-pattern test lack it
+            b.plot(budgets, own, marker="v", ls=styles[n], color=color("s2"), alpha=0.5,
+                   label=f"s2 @ {n}, own pattern")
     a.axhline(0, color="k", lw=0.8)
     label_axes(a, OUR_MODEL + quick_note(result), "fine-tuning steps", "S2-Attn vs full FT, same seed (%)")
-    label_axes(b, "ours: absolute perplexity", "fine-tuning steps", "sliding-window perplexity, full attention")
+    label_axes(b, "ours: absolute perplexity", "fine-tuning steps", "sliding-window perplexity")
     for ax in (a, b):
         ax.set_xticks(budgets)
     return fig
@@ -114,12 +124,19 @@ def _at(rs: list[dict], n: int, short: int, long: int) -> str:
     outcome = {"lower": "S2-Attn's gap shrinks with the longer budget",
                "higher": "S2-Attn's gap grows with the longer budget",
                "not resolved": "the longer budget does not resolve a change in S2-Attn's gap"}[change]
+    own = [mean(rs, "ppl_own_pattern", setting="s2", steps=x, context=n) for x in (short, long)]
+    if None not in own:  # files made before the own-pattern test lack it
+        own_change = versus(rs, {"setting": "s2", "steps": long, "context": n},
+                            {"setting": "s2", "steps": short, "context": n}, "ppl_own_pattern")
+        outcome += (f" (S2-Attn tested with its own pattern: {own[0]:.3f} → {own[1]:.3f}, "
+                    f"{than(own_change, f'at {short}')})")
     return f"{n} tokens: " + "; ".join(parts) + f"; full FT at {long} steps {than(full_gain, f'at {short}')}: {outcome}"
 
 
 def verdict(result: dict, rows_: list[dict]) -> str:
     """Under the verdict rule (compare.resolve), at each context: S2-Attn against full-attention FT at each budget,
-    full FT's gain from the longer budget, and S2-Attn's per-seed gap at the longer budget against the shorter one."""
+    full FT's gain from the longer budget, S2-Attn's per-seed gap at the longer budget against the shorter one, and
+    S2-Attn tested with its own pattern at the longer budget against the shorter one."""
     rs = result["rows"]
     short, long = min(r["steps"] for r in rs), max(r["steps"] for r in rs)
     contexts = sorted({r["context"] for r in rs})
