@@ -88,6 +88,12 @@ def test_compare_relative_values_by_hand(result):
                 resolve(gaps[long], gaps[short])]
             part = results.verdict(result).split(f"{n} tokens: ")[1].split(" | ")[0]
             assert phrase in part
+            own = [[r["ppl_own_pattern"] for r in rows if r["setting"] == "s2" and (r["context"], r["steps"]) == k
+                    and "ppl_own_pattern" in r] for k in (short, long)]
+            if all(own):  # S2-Attn tested with its own pattern (files made since it was added)
+                mean_own = [sum(v) / len(v) for v in own]
+                assert f"own pattern: {mean_own[0]:.3f} → {mean_own[1]:.3f}, " \
+                    f"{than(resolve(own[1], own[0]), f'at {short[1]}')})" in part
     elif name == "table1_window":
         n = max(r["window"] for r in rows)
         for c in cmp:

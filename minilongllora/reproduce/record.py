@@ -122,7 +122,8 @@ def describe(result: dict) -> str:
              f"{m['torch_threads']} threads)"]
     if b.get("runs"):
         per = ", ".join(f"{c}: {v['batch_size']} x {c} tokens" for c, v in b["per_context"].items())
-        lines.append(f"budget: {b['runs']} runs of {b['steps']} steps ({per}; {b['tokens_all_runs'] / 1e6:.1f}M "
+        steps = " or ".join(str(x) for x in s.get("regime", {}).get("steps_of_runs", [b["steps"]]))
+        lines.append(f"budget: {b['runs']} runs of {steps} steps ({per}; {b['tokens_all_runs'] / 1e6:.1f}M "
                      f"tokens in all), lr {b['lr']}, {b['schedule']}, {b['precision']}; base {s['base']} "
                      f"(context {s['base_context']}); seeds {s['seeds']}")
         lines.append(f"training time: {b['train_seconds_all_runs'] / 60:.1f} min for the table's runs "
