@@ -178,6 +178,19 @@ def test_loss_by_position_has_a_panel_per_context():
     assert len(fig.axes) == len({r["context"] for r in table1["rows"]})
 
 
+def test_loss_by_position_of_one_context_by_budget_by_hand():
+    budget = results.load("table1_budget", RESULTS)
+    fig = results.plot_loss_by_position(budget, panel="steps", context=2048)
+    steps = sorted({r["steps"] for r in budget["rows"]})
+    assert len(fig.axes) == len(steps)
+    for ax, k in zip(fig.axes, steps):  # S2-Attn's line: the mean over seeds of each 16th's loss, at 2048 only
+        s2 = [r["loss_bins"] for r in budget["rows"] if (r["setting"], r["context"], r["steps"]) == ("s2", 2048, k)]
+        line = next(x for x in ax.get_lines() if x.get_label() == "s2")
+        assert list(line.get_ydata()) == pytest.approx([sum(b[j] for b in s2) / len(s2) for j in range(rep.LOSS_BINS)])
+    with pytest.raises(ValueError, match="no row has"):
+        results.plot_loss_by_position(budget, panel="steps", context=4096)
+
+
 def test_curve_gaps_pair_each_seed_with_full_attention_by_hand():
     table1 = results.load("table1", RESULTS)
     runs, gaps = table1["settings"]["runs"], results.curve_gaps(table1)

@@ -171,15 +171,19 @@ def _setting_color(name) -> str | None:
     return SETTING_COLORS.get(name) if isinstance(name, str) else None
 
 
-def plot_loss_by_position(result: dict, panel: str = "context", line: str = "setting"):
+def plot_loss_by_position(result: dict, panel: str = "context", line: str = "setting", **match):
     """Mean next-token loss (full attention) against position in the window: 16 bins (`loss_bins`) where the results
     have them, else the 4 quarters; one panel per value of `panel` ("context" in table1 and table7, "lr" in
-    table1_lr), one line per value of `line` ("setting"; "group" in table7): where in the window short or S2-Attn
-    training loses against full attention. A dotted line marks the group size where a panel has one."""
+    table1_lr, "steps" in table1_budget), one line per value of `line` ("setting"; "group" in table7), over the rows
+    whose fields equal `match` (table1_budget: `context=2048`): where in the window short or S2-Attn training loses
+    against full attention. A dotted line marks the group size where a panel has one."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    rows = result["rows"] + result.get("starting_point", [])  # table1: the base with PI, before fine-tuning
+    rows = [r for r in result["rows"] + result.get("starting_point", [])  # table1: the base with PI, before FT
+            if all(r.get(k) == v for k, v in match.items())]
+    if not rows:
+        raise ValueError(f"{result['name']}: no row has {match}")
     values = sorted({r[panel] for r in rows})
     lines = list(dict.fromkeys(r[line] for r in rows))
     if "base+PI" in lines:  # the starting point first, drawn in gray
