@@ -160,8 +160,13 @@ def test_table1_budget_reuses_table1s_runs_and_doubles_the_steps(base_dir, dirs,
         assert (r["run"] == table1_runs[(r["setting"], r["context"])]) == (r["steps"] == steps)  # table1's runs
         assert r["ppl"] > 1 and r["ppl_test"] > 1 and len(r["loss_bins"]) == rep.LOSS_BINS
         assert ("ppl_own_pattern" in r) == (r["setting"] == "s2") and r.get("ppl_own_pattern", 2.0) > 1
+        assert len(r["loss_bins_stretched"]) == rep.LOSS_BINS and r["loss_bins_stretched"] != r["loss_bins"]
     long = [r for r in rows if r["steps"] == 2 * steps]
     assert all(len(result["settings"]["runs"][r["run"]]["curve"]) > 1 for r in long)
+    for r in rows:  # the stretched test: its loss by position with PI by PI_STRETCH x n / L, in the run's eval cache
+        evals = json.loads((dirs[1] / r["run"] / "evals.json").read_text())
+        specs = [json.loads(k) for k, v in evals.items() if v.get("loss_bins") == r["loss_bins_stretched"]]
+        assert [s.get("rope_factor") for s in specs] == [rep.table1_budget.PI_STRETCH * r["context"] / unit]
     cmp = results.compare(result)  # one row per setting, context and budget, each against full FT of its own
     assert len(cmp) == len(rep.T1_BUDGET_SETTINGS) * len(rep.T1_BUDGET_FACTORS) * len(rep.T1_BUDGETS)
     per_context = len(rep.T1_BUDGET_SETTINGS) * len(rep.T1_BUDGETS)  # the paper's context at the same multiple

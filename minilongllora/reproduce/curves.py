@@ -171,12 +171,14 @@ def _setting_color(name) -> str | None:
     return SETTING_COLORS.get(name) if isinstance(name, str) else None
 
 
-def plot_loss_by_position(result: dict, panel: str = "context", line: str = "setting", **match):
+def plot_loss_by_position(result: dict, panel: str = "context", line: str = "setting", bins: str = "loss_bins",
+                          **match):
     """Mean next-token loss (full attention) against position in the window: 16 bins (`loss_bins`) where the results
     have them, else the 4 quarters; one panel per value of `panel` ("context" in table1 and table7, "lr" in
     table1_lr, "steps" in table1_budget), one line per value of `line` ("setting"; "group" in table7), over the rows
     whose fields equal `match` (table1_budget: `context=2048`): where in the window short or S2-Attn training loses
-    against full attention. A dotted line marks the group size where a panel has one."""
+    against full attention. `bins`: the rows' field to draw ("loss_bins_stretched": table1_budget's rows tested with
+    their interpolation stretched further). A dotted line marks the group size where a panel has one."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -197,7 +199,12 @@ def plot_loss_by_position(result: dict, panel: str = "context", line: str = "set
             members = [r for r in rows if r[panel] == value and r.get(line) == name]
             if not members:
                 continue
-            key = "loss_bins" if all("loss_bins" in m for m in members) else "loss_quarters"
+            if all(bins in m for m in members):
+                key = bins
+            elif bins == "loss_bins":  # files made before the 16 bins
+                key = "loss_quarters"
+            else:
+                raise ValueError(f"{result['name']}: not every row has {bins!r}")
             k, n = len(members[0][key]), members[0]["context"]
             mean = [sum(m[key][j] for m in members) / len(members) for j in range(k)]
             style = dict(color="gray", ls="--", lw=1) if name == "base+PI" else {"color": _setting_color(name)}
@@ -214,6 +221,7 @@ def plot_loss_by_position(result: dict, panel: str = "context", line: str = "set
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("mean next-token loss (nats)" + ("" if panel == "window" else ", full attention"))
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"{result['name']}: loss by position in the window", fontsize=9)
+    note = "" if bins == "loss_bins" else f" ({bins})"
+    fig.suptitle(f"{result['name']}: loss by position in the window{note}", fontsize=9)
     fig.tight_layout()
     return fig

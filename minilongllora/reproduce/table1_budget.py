@@ -21,6 +21,10 @@ T1_BUDGETS = (1, 2)  # the budget as a multiple of the regime's steps; 1 is tabl
 T1_BUDGET_SETTINGS = ("full", "s2")
 T1_BUDGET_FACTORS = (4, 8)  # table1's contexts where full-attention FT has not flattened within the budget
 BEYOND_THE_CAP = True  # its longer runs exceed the regime's token cap on purpose (a diagnostic)
+# every row's loss by position is also measured with its interpolation stretched this much further (PI by 1.5 x n / L):
+# the same keys, each 1.5 times closer in rotary position. A break that moves with it is one of distance, not of the
+# number of keys.
+PI_STRETCH = 1.5
 PAPER = {"source": "LongLoRA v3 Table 1 (PAPER.md §1), its 16384 and 32768 columns (4x and 8x Llama 2's 4096)",
          "setup": "the paper has no budget ablation: Table 1 at the same multiples (its 1000 steps) for reference.",
          "rows": [{"setting": s, "steps": 1000, "context": 4096 * f, "ppl": PAPER_PPL[s][i]}
@@ -29,7 +33,7 @@ PAPER = {"source": "LongLoRA v3 Table 1 (PAPER.md §1), its 16384 and 32768 colu
 
 def rows(plan: Plan, runner, seeds) -> list[dict]:
     """Each seed's full-attention FT and S2-Attn run at each context with each budget, S2-Attn also tested with its
-    own pattern; the curve is recorded every `plan.curve_every` steps in both, so the two budgets' curves share their
+    own pattern, every run's loss by position also with its interpolation stretched by PI_STRETCH; the curve is recorded every `plan.curve_every` steps in both, so the two budgets' curves share their
     first points."""
     out = []
     for seed in seeds:
@@ -44,6 +48,8 @@ def rows(plan: Plan, runner, seeds) -> list[dict]:
                            **runner.test_split(run, n)}
                     if setting != "full":  # tested with its own pattern too: does it still improve there?
                         row["ppl_own_pattern"] = runner.ppl(run, n, "train")["ppl"]
+                    stretched = PI_STRETCH * max(1.0, n / plan.base_context)  # quick contexts may lie below L
+                    row["loss_bins_stretched"] = runner.last_quarter(run, n, rope_factor=stretched)["loss_bins"]
                     out.append({**row, **run_fields(run)})
     return out
 
