@@ -79,7 +79,7 @@ class CostRunner:
 
     def last_quarter(self, run, n, attention="full", rope_factor=None, split="validation"):
         self._forward(f"lq {split}", run, n, attention, rope_factor, self.plan.lq_documents)
-        return {"ppl_last_quarter": None}
+        return {"ppl_last_quarter": None, "loss_quarters": None, "loss_bins": None}
 
     def test_split(self, run, n, attention="full", rope_factor=None):
         return Runner.test_split(self, run, n, attention, rope_factor)  # the same two calls, on the test split

@@ -33,8 +33,8 @@ PAPER = {"source": "LongLoRA v3 Table 1 (PAPER.md §1), its 16384 and 32768 colu
 
 def rows(plan: Plan, runner, seeds) -> list[dict]:
     """Each seed's full-attention FT and S2-Attn run at each context with each budget, S2-Attn also tested with its
-    own pattern, every run's loss by position also with its interpolation stretched by PI_STRETCH; the curve is recorded every `plan.curve_every` steps in both, so the two budgets' curves share their
-    first points."""
+    own pattern, every run's loss by position also with its interpolation stretched by PI_STRETCH; the curve is
+    recorded every `plan.curve_every` steps in both, so the two budgets' curves share their first points."""
     out = []
     for seed in seeds:
         for factor in T1_BUDGET_FACTORS:
