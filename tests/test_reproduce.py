@@ -161,12 +161,17 @@ def test_table1_budget_reuses_table1s_runs_and_doubles_the_steps(base_dir, dirs,
         assert r["ppl"] > 1 and r["ppl_test"] > 1 and len(r["loss_bins"]) == rep.LOSS_BINS
         assert ("ppl_own_pattern" in r) == (r["setting"] == "s2") and r.get("ppl_own_pattern", 2.0) > 1
         assert len(r["loss_bins_stretched"]) == rep.LOSS_BINS and r["loss_bins_stretched"] != r["loss_bins"]
+        mass = r["distance_mass"]["mean"]  # every query's attention lands in some distance bin (fp32 probabilities)
+        assert len(mass) == rep.LOSS_BINS and sum(mass) == pytest.approx(1.0, abs=1e-6)
     long = [r for r in rows if r["steps"] == 2 * steps]
     assert all(len(result["settings"]["runs"][r["run"]]["curve"]) > 1 for r in long)
     for r in rows:  # the stretched test: its loss by position with PI by PI_STRETCH x n / L, in the run's eval cache
         evals = json.loads((dirs[1] / r["run"] / "evals.json").read_text())
         specs = [json.loads(k) for k, v in evals.items() if v.get("loss_bins") == r["loss_bins_stretched"]]
         assert [s.get("rope_factor") for s in specs] == [rep.table1_budget.PI_STRETCH * r["context"] / unit]
+    fig = rep.table1_budget.plot_distance_mass(result)  # at the longest context: one bar per head and setting
+    assert len(fig.axes[1].patches) == 2 * len(result["rows"][0]["distance_mass"]["per_head"][0]) * len(
+        result["rows"][0]["distance_mass"]["per_head"])
     cmp = results.compare(result)  # one row per setting, context and budget, each against full FT of its own
     assert len(cmp) == len(rep.T1_BUDGET_SETTINGS) * len(rep.T1_BUDGET_FACTORS) * len(rep.T1_BUDGETS)
     per_context = len(rep.T1_BUDGET_SETTINGS) * len(rep.T1_BUDGETS)  # the paper's context at the same multiple

@@ -8,7 +8,7 @@ import torch
 
 from minilongllora import Llama, LlamaConfig
 from minilongllora.reproduce import table1_sink
-from minilongllora.reproduce.sinks import KeyMasked, first_token_mass, key_mask, parse_test
+from minilongllora.reproduce.sinks import KeyMasked, distance_mass, first_token_mass, key_mask, parse_test
 
 from test_attention import kernel  # noqa: F401 (fp64 explicit attention: the oracle's precision)
 
@@ -94,6 +94,22 @@ def test_first_token_mass_against_the_attention_maps():
     assert got["by_position"][0] > got["by_position"][-1]  # the first queries can read little else
     all_keys = first_token_mass(model, docs, k=32, bins=4)
     assert all(v == pytest.approx(1.0) for v in all_keys["by_position"])
+
+
+def test_distance_mass_against_the_attention_maps_by_hand():
+    model = _model(layers=2)
+    docs = [torch.randint(0, 256, (32,)) for _ in range(2)]
+    got = distance_mass(model, docs, bins=4)  # queries 24 … 31; bins of 8 distances
+    maps = [model.attention_maps(d[None]) for d in docs]
+    for layer in range(2):
+        for head in range(4):
+            for b in range(4):  # loops over query and key: the mass at distances 8b … 8b + 7 (the last bin: 24 … 31)
+                want = sum(sum(m[layer][0, head, q, k].item() for q in range(24, 32) for k in range(q + 1)
+                               if min((q - k) // 8, 3) == b) / 8 for m in maps) / 2
+                assert got["per_head"][layer][head][b] == pytest.approx(want, abs=1e-6)
+    assert sum(got["mean"]) == pytest.approx(1.0)  # every query's attention lands in some bin
+    assert got["mean"] == pytest.approx([sum(got["per_head"][i][j][b] for i in range(2) for j in range(4)) / 8
+                                         for b in range(4)])
 
 
 def test_flops_of_the_rows_at_llama_scale():

@@ -88,6 +88,10 @@ class CostRunner:
         self._forward("mass", run, n, "full", rope_factor, 2 * documents)  # explicit probabilities: about twice
         return {}
 
+    def distance_mass(self, run, n, documents):
+        self._forward("distance", run, n, "full", None, 2 * documents)  # explicit probabilities: about twice
+        return {}
+
     def passkey(self, source, lengths, trials, rope_factor, format="paper"):
         key = source if source == "base" else source["key"]
         self._once(("passkey", key, rope_factor, format), sum(forward_seconds(trials * n, n) for n in lengths))

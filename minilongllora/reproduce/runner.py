@@ -28,7 +28,7 @@ from ..train import train, validation_loss, validation_rows
 from ..trainconfig import TrainConfig, meta_model
 from .plan import LOSS_BINS, STRIDE, Plan
 from .record import jsonable, window_ppl
-from .sinks import KEY_TESTS, KeyMasked, first_token_mass
+from .sinks import KEY_TESTS, KeyMasked, distance_mass, first_token_mass
 
 PACKAGE = Path(__file__).resolve().parent.parent
 NOT_RUN_CODE = ("cli.py", "__main__.py", "longlora.py", "recipes.py", "plotting.py", "efficiency.py")  # never in a run
@@ -185,6 +185,17 @@ class Runner:
         return {"ppl_test": self.ppl(run, n, attention, rope_factor, split="test")["ppl"],
                 "ppl_last_quarter_test": self.last_quarter(run, n, attention, rope_factor,
                                                            split="test")["ppl_last_quarter"]}
+
+    def distance_mass(self, run, n: int, documents: int) -> dict:
+        """sinks.distance_mass of a run (or "base") on the first n tokens of the first `documents` validation
+        documents that hold n tokens, in LOSS_BINS distance bins."""
+        spec = {"kind": "distance_mass", "n": n, "documents": documents, "bins": LOSS_BINS}
+
+        def compute():
+            docs = [d[:n] for d in self.docs if d.numel() >= n][:documents]
+            return distance_mass(self._model(run, "full"), docs, LOSS_BINS)
+
+        return self._cached(run, spec, compute)
 
     def first_token_mass(self, run, n: int, k: int, documents: int, rope_factor: float | None = None) -> dict:
         """sinks.first_token_mass of a run (or "base") on the first n tokens of the first `documents` validation

@@ -13,7 +13,8 @@ sinks or the distance? Each test below hides a different set of keys from every 
 
 `KeyMasked` runs a Llama's layers with one such (n, n) mask through SDPA; with the causal mask it gives the model's
 own logits (tests/test_table1_sink.py). `first_token_mass` reads `Llama.attention_maps`: the share of each head's
-attention that lands on the first K tokens.
+attention that lands on the first K tokens; `distance_mass`, the share that the window's last queries put on keys at
+each distance (table1_budget: where does a grouped model's attention go beyond its break?).
 """
 
 from __future__ import annotations
@@ -93,3 +94,25 @@ def first_token_mass(model, documents: list[torch.Tensor], k: int, bins: int = 1
         by_position = pos if by_position is None else by_position + pos
     return {"per_head": (per_head / len(documents)).tolist(), "by_position": (by_position / len(documents)).tolist(),
             "k": k, "documents": len(documents)}
+
+
+def distance_mass(model, documents: list[torch.Tensor], bins: int = 16) -> dict:
+    """Share of attention on keys at each distance under full attention, for the queries of the window's last 1/bins
+    (each reads keys at every distance bin), averaged over `documents` (each (n,)): "per_head" (layers x heads x
+    bins) and "mean" (bins,) over layers and heads; bin b holds distances b·n/bins … (b+1)·n/bins − 1."""
+    per_head = None
+    for doc in documents:
+        n = doc.numel()
+        m = n // bins
+        queries = torch.arange(n - m, n)[:, None]  # (m, 1): the last 1/bins of the window
+        distance = queries - torch.arange(n)[None, :]  # (m, n); negative: future keys, probability 0
+        which = (distance.clamp(min=0) // m).clamp(max=bins - 1)  # (m, n): each key's distance bin
+        maps = model.attention_maps(doc[None])  # [(1, h, n, n)] x layers, full attention
+        mass = torch.stack([p[0, :, n - m:, :].double() for p in maps])  # (layers, h, m, n)
+        binned = torch.zeros(*mass.shape[:3], bins, dtype=torch.float64)
+        binned.scatter_add_(-1, which.expand_as(mass), mass)  # (layers, h, m, bins)
+        head = binned.mean(2)  # (layers, h, bins)
+        per_head = head if per_head is None else per_head + head
+    per_head = per_head / len(documents)
+    return {"per_head": per_head.tolist(), "mean": per_head.mean((0, 1)).tolist(), "bins": bins,
+            "documents": len(documents)}

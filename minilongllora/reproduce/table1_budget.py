@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import torch
+
 from .compare import (OUR_MODEL, RULE, figure, label_axes, mean, paper_value, pct, ppl_row, quick_note, reference,
                       rel, resolve, seeds_text, than, versus)
 from .plan import Plan, group_of
@@ -25,6 +27,7 @@ BEYOND_THE_CAP = True  # its longer runs exceed the regime's token cap on purpos
 # the same keys, each 1.5 times closer in rotary position. A break that moves with it is one of distance, not of the
 # number of keys.
 PI_STRETCH = 1.5
+DISTANCE_DOCUMENTS = 4  # every run's attention by distance (sinks.distance_mass) over the first 4 validation documents
 PAPER = {"source": "LongLoRA v3 Table 1 (PAPER.md §1), its 16384 and 32768 columns (4x and 8x Llama 2's 4096)",
          "setup": "the paper has no budget ablation: Table 1 at the same multiples (its 1000 steps) for reference.",
          "rows": [{"setting": s, "steps": 1000, "context": 4096 * f, "ppl": PAPER_PPL[s][i]}
@@ -33,8 +36,9 @@ PAPER = {"source": "LongLoRA v3 Table 1 (PAPER.md §1), its 16384 and 32768 colu
 
 def rows(plan: Plan, runner, seeds) -> list[dict]:
     """Each seed's full-attention FT and S2-Attn run at each context with each budget, S2-Attn also tested with its
-    own pattern, every run's loss by position also with its interpolation stretched by PI_STRETCH; the curve is
-    recorded every `plan.curve_every` steps in both, so the two budgets' curves share their first points."""
+    own pattern, every run's loss by position also with its interpolation stretched by PI_STRETCH, and where the
+    window's last queries attend (by distance, `distance_mass`); the curve is recorded every `plan.curve_every` steps
+    in both, so the two budgets' curves share their first points."""
     out = []
     for seed in seeds:
         for factor in T1_BUDGET_FACTORS:
@@ -50,6 +54,7 @@ def rows(plan: Plan, runner, seeds) -> list[dict]:
                         row["ppl_own_pattern"] = runner.ppl(run, n, "train")["ppl"]
                     stretched = PI_STRETCH * max(1.0, n / plan.base_context)  # quick contexts may lie below L
                     row["loss_bins_stretched"] = runner.last_quarter(run, n, rope_factor=stretched)["loss_bins"]
+                    row["distance_mass"] = runner.distance_mass(run, n, DISTANCE_DOCUMENTS)
                     out.append({**row, **run_fields(run)})
     return out
 
@@ -111,6 +116,50 @@ def plot(result: dict, rows_: list[dict]):
     label_axes(b, "ours: absolute perplexity", "fine-tuning steps", "sliding-window perplexity")
     for ax in (a, b):
         ax.set_xticks(budgets)
+    return fig
+
+
+def distance_mass(result: dict, **match) -> dict:
+    """{(setting, steps): distance_mass averaged over the seeds} of the rows whose fields equal `match`."""
+    out = {}
+    for r in result["rows"]:
+        if r.get("distance_mass") and all(r.get(k) == v for k, v in match.items()):
+            out.setdefault((r["setting"], r["steps"]), []).append(r["distance_mass"])
+    return {key: {"mean": [sum(col) / len(col) for col in zip(*(m["mean"] for m in ms))],
+                  "per_head": torch.tensor([m["per_head"] for m in ms]).mean(0)} for key, ms in out.items()}
+
+
+def plot_distance_mass(result: dict, context: int | None = None, far: int = 11):
+    """Where the window's last queries attend under full attention at `context` (default the longest), mean of the
+    seeds. Left: the share of attention on keys at each distance, per setting and budget. Right: each head's share on
+    keys at least far/16 of the window back (the bins where S2-Attn's loss breaks at 8x), per setting, at the longer
+    budget."""
+    from ..plotting import color
+
+    rs = result["rows"]
+    n = context or max(r["context"] for r in rs)
+    got = distance_mass(result, context=n)
+    if not got:
+        raise ValueError(f"{result['name']}: no row at {n} tokens has its attention by distance")
+    fig, (a, b) = figure()
+    bins = len(next(iter(got.values()))["mean"])
+    xs = [(i + 0.5) * n / bins for i in range(bins)]
+    for (setting, steps), m in sorted(got.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        a.plot(xs, m["mean"], marker="o" if setting == "full" else "^", ms=4, color=color(setting),
+               ls="-" if steps == max(k[1] for k in got) else ":", label=f"{setting}, {steps} steps")
+    a.set_yscale("log")
+    a.axvline(far * n / bins, color="gray", ls=":", lw=0.8)
+    label_axes(a, f"n = {n}: the last {n // bins} queries' attention" + quick_note(result), "key distance (tokens)",
+               "share of attention (mean of layers and heads)")
+    long = max(k[1] for k in got)
+    for i, setting in enumerate(T1_BUDGET_SETTINGS):
+        heads = got[(setting, long)]["per_head"][..., far:].sum(-1).flatten()  # (layers x heads,)
+        b.bar([j + (i - 0.5) * 0.4 for j in range(len(heads))], heads.tolist(), 0.4, color=color(setting),
+              label=f"{setting}, {long} steps")
+    layers, h = got[("full", long)]["per_head"].shape[:2]
+    b.set_xticks(range(0, layers * h, h), [f"layer {i}" for i in range(layers)])
+    label_axes(b, f"each head's share beyond {far * n // bins} tokens", "head (layer by layer)",
+               "share of attention")
     return fig
 
 
