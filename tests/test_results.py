@@ -191,6 +191,18 @@ def test_loss_by_position_of_one_context_by_budget_by_hand():
         results.plot_loss_by_position(budget, panel="steps", context=4096)
 
 
+def test_attention_by_distance_is_the_mean_of_the_seeds_by_hand():
+    budget = results.load("table1_budget", RESULTS)
+    got = rep.table1_budget.distance_mass(budget, context=2048)
+    for (setting, steps), m in got.items():
+        seeds = [r["distance_mass"] for r in budget["rows"] if (r["setting"], r["steps"], r["context"])
+                 == (setting, steps, 2048)]
+        assert len(seeds) == 3 and m["mean"] == pytest.approx([sum(s["mean"][b] for s in seeds) / 3
+                                                               for b in range(rep.LOSS_BINS)], rel=1e-12)
+        assert m["per_head"][2, 5, 11].item() == pytest.approx(sum(s["per_head"][2][5][11] for s in seeds) / 3)
+        assert sum(m["mean"]) == pytest.approx(1.0, abs=1e-6)  # fp32 probabilities
+
+
 def test_curve_gaps_pair_each_seed_with_full_attention_by_hand():
     table1 = results.load("table1", RESULTS)
     runs, gaps = table1["settings"]["runs"], results.curve_gaps(table1)
