@@ -169,6 +169,10 @@ def test_table1_budget_reuses_table1s_runs_and_doubles_the_steps(base_dir, dirs,
         evals = json.loads((dirs[1] / r["run"] / "evals.json").read_text())
         specs = [json.loads(k) for k, v in evals.items() if v.get("loss_bins") == r["loss_bins_stretched"]]
         assert [s.get("rope_factor") for s in specs] == [rep.table1_budget.PI_STRETCH * r["context"] / unit]
+    start = result["starting_point"]  # the base with each context's interpolation: its attention by distance only
+    assert [(r["setting"], r["context"], r["steps"]) for r in start] == [("base+PI", f * unit, 0)
+                                                                         for f in rep.T1_BUDGET_FACTORS]
+    assert all(sum(r["distance_mass"]["mean"]) == pytest.approx(1.0, abs=1e-6) for r in start)
     fig = rep.table1_budget.plot_distance_mass(result)  # at the longest context: one bar per head and setting
     assert len(fig.axes[1].patches) == 2 * len(result["rows"][0]["distance_mass"]["per_head"][0]) * len(
         result["rows"][0]["distance_mass"]["per_head"])

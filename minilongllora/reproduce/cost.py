@@ -88,8 +88,8 @@ class CostRunner:
         self._forward("mass", run, n, "full", rope_factor, 2 * documents)  # explicit probabilities: about twice
         return {}
 
-    def distance_mass(self, run, n, documents):
-        self._forward("distance", run, n, "full", None, 2 * documents)  # explicit probabilities: about twice
+    def distance_mass(self, run, n, documents, rope_factor=None):
+        self._forward("distance", run, n, "full", rope_factor, 2 * documents)  # explicit probabilities: about twice
         return {}
 
     def passkey(self, source, lengths, trials, rope_factor, format="paper"):

@@ -183,7 +183,7 @@ def plot_loss_by_position(result: dict, panel: str = "context", line: str = "set
     from matplotlib.figure import Figure
 
     rows = [r for r in result["rows"] + result.get("starting_point", [])  # table1: the base with PI, before FT
-            if all(r.get(k) == v for k, v in match.items())]
+            if all(r.get(k) == v for k, v in match.items()) and (bins in r or "loss_quarters" in r)]
     if not rows:
         raise ValueError(f"{result['name']}: no row has {match}")
     values = sorted({r[panel] for r in rows})

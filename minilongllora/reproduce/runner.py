@@ -186,14 +186,15 @@ class Runner:
                 "ppl_last_quarter_test": self.last_quarter(run, n, attention, rope_factor,
                                                            split="test")["ppl_last_quarter"]}
 
-    def distance_mass(self, run, n: int, documents: int) -> dict:
-        """sinks.distance_mass of a run (or "base") on the first n tokens of the first `documents` validation
-        documents that hold n tokens, in LOSS_BINS distance bins."""
-        spec = {"kind": "distance_mass", "n": n, "documents": documents, "bins": LOSS_BINS}
+    def distance_mass(self, run, n: int, documents: int, rope_factor: float | None = None) -> dict:
+        """sinks.distance_mass of a run (or "base", with linear PI by `rope_factor` where given) on the first n tokens
+        of the first `documents` validation documents that hold n tokens, in LOSS_BINS distance bins."""
+        spec = {"kind": "distance_mass", "n": n, "documents": documents, "bins": LOSS_BINS,
+                **({} if rope_factor is None else {"rope_factor": rope_factor})}
 
         def compute():
             docs = [d[:n] for d in self.docs if d.numel() >= n][:documents]
-            return distance_mass(self._model(run, "full"), docs, LOSS_BINS)
+            return distance_mass(self._model(run, "full", rope_factor), docs, LOSS_BINS)
 
         return self._cached(run, spec, compute)
 

@@ -56,6 +56,10 @@ def rows(plan: Plan, runner, seeds) -> list[dict]:
                     row["loss_bins_stretched"] = runner.last_quarter(run, n, rope_factor=stretched)["loss_bins"]
                     row["distance_mass"] = runner.distance_mass(run, n, DISTANCE_DOCUMENTS)
                     out.append({**row, **run_fields(run)})
+            if seed == seeds[0]:  # the starting point's attention: the base with the runs' interpolation
+                pi = max(1.0, n / plan.base_context)  # quick contexts may lie below the base's
+                out.append({"setting": "base+PI", "steps": 0, "context": n, "seed": None,
+                            "distance_mass": runner.distance_mass("base", n, DISTANCE_DOCUMENTS, rope_factor=pi)})
     return out
 
 
@@ -120,9 +124,10 @@ def plot(result: dict, rows_: list[dict]):
 
 
 def distance_mass(result: dict, **match) -> dict:
-    """{(setting, steps): distance_mass averaged over the seeds} of the rows whose fields equal `match`."""
+    """{(setting, steps): distance_mass averaged over the seeds} of the rows whose fields equal `match`, and of the
+    starting point (("base+PI", 0): the base with the interpolation, before fine-tuning)."""
     out = {}
-    for r in result["rows"]:
+    for r in result["rows"] + result.get("starting_point", []):
         if r.get("distance_mass") and all(r.get(k) == v for k, v in match.items()):
             out.setdefault((r["setting"], r["steps"]), []).append(r["distance_mass"])
     return {key: {"mean": [sum(col) / len(col) for col in zip(*(m["mean"] for m in ms))],
@@ -131,9 +136,9 @@ def distance_mass(result: dict, **match) -> dict:
 
 def plot_distance_mass(result: dict, context: int | None = None, far: int = 11):
     """Where the window's last queries attend under full attention at `context` (default the longest), mean of the
-    seeds. Left: the share of attention on keys at each distance, per setting and budget. Right: each head's share on
-    keys at least far/16 of the window back (the bins where S2-Attn's loss breaks at 8x), per setting, at the longer
-    budget."""
+    seeds, and of the base with the interpolation before fine-tuning (gray). Left: the share of attention on keys at
+    each distance, per setting and budget. Right: each head's share on keys at least far/16 of the window back (the
+    bins where S2-Attn's loss breaks at 8x), per setting, at the longer budget."""
     from ..plotting import color
 
     rs = result["rows"]
@@ -144,18 +149,25 @@ def plot_distance_mass(result: dict, context: int | None = None, far: int = 11):
     fig, (a, b) = figure()
     bins = len(next(iter(got.values()))["mean"])
     xs = [(i + 0.5) * n / bins for i in range(bins)]
+    long = max(k[1] for k in got)
     for (setting, steps), m in sorted(got.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        if setting == "base+PI":
+            a.plot(xs, m["mean"], marker="x", ms=4, color="gray", ls="--", lw=1, label="base+PI, before FT")
+            continue
         a.plot(xs, m["mean"], marker="o" if setting == "full" else "^", ms=4, color=color(setting),
-               ls="-" if steps == max(k[1] for k in got) else ":", label=f"{setting}, {steps} steps")
+               ls="-" if steps == long else ":", label=f"{setting}, {steps} steps")
     a.set_yscale("log")
     a.axvline(far * n / bins, color="gray", ls=":", lw=0.8)
     label_axes(a, f"n = {n}: the last {n // bins} queries' attention" + quick_note(result), "key distance (tokens)",
                "share of attention (mean of layers and heads)")
-    long = max(k[1] for k in got)
     for i, setting in enumerate(T1_BUDGET_SETTINGS):
         heads = got[(setting, long)]["per_head"][..., far:].sum(-1).flatten()  # (layers x heads,)
         b.bar([j + (i - 0.5) * 0.4 for j in range(len(heads))], heads.tolist(), 0.4, color=color(setting),
               label=f"{setting}, {long} steps")
+    if ("base+PI", 0) in got:
+        heads = got[("base+PI", 0)]["per_head"][..., far:].sum(-1).flatten()
+        b.scatter(range(len(heads)), heads.tolist(), marker="x", color="gray", s=16, zorder=3,
+                  label="base+PI, before FT")
     layers, h = got[("full", long)]["per_head"].shape[:2]
     b.set_xticks(range(0, layers * h, h), [f"layer {i}" for i in range(layers)])
     label_axes(b, f"each head's share beyond {far * n // bins} tokens", "head (layer by layer)",
