@@ -194,7 +194,11 @@ def test_loss_by_position_of_one_context_by_budget_by_hand():
 def test_attention_by_distance_is_the_mean_of_the_seeds_by_hand():
     budget = results.load("table1_budget", RESULTS)
     got = rep.table1_budget.distance_mass(budget, context=2048)
+    start = next(r for r in budget["starting_point"] if r["context"] == 2048)  # the base with PI: one, no seed
+    assert got[("base+PI", 0)]["mean"] == start["distance_mass"]["mean"]
     for (setting, steps), m in got.items():
+        if setting == "base+PI":
+            continue
         seeds = [r["distance_mass"] for r in budget["rows"] if (r["setting"], r["steps"], r["context"])
                  == (setting, steps, 2048)]
         assert len(seeds) == 3 and m["mean"] == pytest.approx([sum(s["mean"][b] for s in seeds) / 3
