@@ -161,6 +161,8 @@ def test_table1_budget_reuses_table1s_runs_and_doubles_the_steps(base_dir, dirs,
         assert r["ppl"] > 1 and r["ppl_test"] > 1 and len(r["loss_bins"]) == rep.LOSS_BINS
         assert ("ppl_own_pattern" in r) == (r["setting"] == "s2") and r.get("ppl_own_pattern", 2.0) > 1
         assert len(r["loss_bins_stretched"]) == rep.LOSS_BINS and r["loss_bins_stretched"] != r["loss_bins"]
+        layers, heads = len(r["distance_mass"]["per_head"]), len(r["distance_mass"]["per_head"][0])
+        assert [len(r["far_minus_near"]), len(r["far_minus_near"][0])] == [layers, heads]  # x rotary frequencies
         mass = r["distance_mass"]["mean"]  # every query's attention lands in some distance bin (fp32 probabilities)
         assert len(mass) == rep.LOSS_BINS and sum(mass) == pytest.approx(1.0, abs=1e-6)
     long = [r for r in rows if r["steps"] == 2 * steps]
@@ -172,7 +174,9 @@ def test_table1_budget_reuses_table1s_runs_and_doubles_the_steps(base_dir, dirs,
     start = result["starting_point"]  # the base with each context's interpolation: its attention by distance only
     assert [(r["setting"], r["context"], r["steps"]) for r in start] == [("base+PI", f * unit, 0)
                                                                          for f in rep.T1_BUDGET_FACTORS]
-    assert all(sum(r["distance_mass"]["mean"]) == pytest.approx(1.0, abs=1e-6) for r in start)
+    assert all(sum(r["distance_mass"]["mean"]) == pytest.approx(1.0, abs=1e-6) and r["far_minus_near"] for r in start)
+    for heads in (1, 2):  # the heads S2-Attn sends furthest beyond full FT: one panel each
+        assert len(rep.table1_budget.plot_score_by_frequency(result, heads=heads).axes) == heads
     fig = rep.table1_budget.plot_distance_mass(result)  # at the longest context: one bar per head and setting
     assert len(fig.axes[1].patches) == 2 * len(result["rows"][0]["distance_mass"]["per_head"][0]) * len(
         result["rows"][0]["distance_mass"]["per_head"])

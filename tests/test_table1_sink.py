@@ -8,7 +8,8 @@ import torch
 
 from minilongllora import Llama, LlamaConfig
 from minilongllora.reproduce import table1_sink
-from minilongllora.reproduce.sinks import KeyMasked, distance_mass, first_token_mass, key_mask, parse_test
+from minilongllora.reproduce.sinks import (KeyMasked, distance_mass, first_token_mass, key_mask, parse_test,
+                                          score_by_frequency)
 
 from test_attention import kernel  # noqa: F401 (fp64 explicit attention: the oracle's precision)
 
@@ -110,6 +111,38 @@ def test_distance_mass_against_the_attention_maps_by_hand():
     assert sum(got["mean"]) == pytest.approx(1.0)  # every query's attention lands in some bin
     assert got["mean"] == pytest.approx([sum(got["per_head"][i][j][b] for i in range(2) for j in range(4)) / 8
                                          for b in range(4)])
+
+
+def test_score_by_frequency_adds_up_to_the_scores_by_hand():
+    model = _model(layers=2)  # head_dim 16: 8 rotating pairs
+    docs = [torch.randint(0, 256, (32,)) for _ in range(2)]
+    got = score_by_frequency(model, docs, near=1, far=3, bins=4)  # queries 24 … 31: near 0 … 7 back, far 24 … 31
+    for layer in range(2):
+        for head in range(4):
+            raw = _raw_scores(model, docs, layer, head)
+            for name, lo, hi in (("near", 0, 7), ("far", 24, 31)):  # the parts add up to the mean score of the pairs
+                pairs = [(q, q - dist) for q in range(24, 32) for dist in range(lo, hi + 1) if q - dist >= 0]
+                by_hand = sum(sum(r[q, k].item() for q, k in pairs) / len(pairs) for r in raw) / 2
+                assert sum(got[name][layer][head]) == pytest.approx(by_hand, abs=1e-9)
+    assert len(got["far_minus_near"][0][0]) == 8
+    assert got["far_minus_near"][1][2][3] == pytest.approx(got["far"][1][2][3] - got["near"][1][2][3])
+
+
+def _raw_scores(model, docs, layer, head):
+    """q·k/√d of one head, written out: (n, n) per document, through the model's own layers up to `layer`."""
+    out = []
+    with torch.no_grad():
+        for d in docs:
+            x = model.embed_tokens(d[None])
+            cos, sin = model.rope(0, d.numel(), x)
+            for i, block in enumerate(model.layers):
+                if i == layer:
+                    q, k, _ = block.self_attn.qkv(block.input_layernorm(x), cos, sin)
+                    kv = head // (q.shape[1] // k.shape[1])
+                    out.append((q[0, head].double() @ k[0, kv].double().T) / q.shape[-1] ** 0.5)
+                    break
+                x = block(x, cos, sin)
+    return out
 
 
 def test_flops_of_the_rows_at_llama_scale():

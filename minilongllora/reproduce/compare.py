@@ -149,7 +149,7 @@ def figure(ncols: int = 2, width: float = 11.0, height: float = 3.8):
 
     fig = Figure(figsize=(width, height), dpi=90)
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, ncols)
+    axes = fig.subplots(1, ncols, squeeze=False)[0]  # an array even for one column
     for ax in axes:
         ax.grid(alpha=0.3)
     return fig, axes

@@ -92,6 +92,10 @@ class CostRunner:
         self._forward("distance", run, n, "full", rope_factor, 2 * documents)  # explicit probabilities: about twice
         return {}
 
+    def score_by_frequency(self, run, n, documents, near, far, rope_factor=None):
+        self._forward("frequency", run, n, "full", rope_factor, 2 * documents)  # like the explicit probabilities
+        return {"far_minus_near": None}
+
     def passkey(self, source, lengths, trials, rope_factor, format="paper"):
         key = source if source == "base" else source["key"]
         self._once(("passkey", key, rope_factor, format), sum(forward_seconds(trials * n, n) for n in lengths))

@@ -28,7 +28,7 @@ from ..train import train, validation_loss, validation_rows
 from ..trainconfig import TrainConfig, meta_model
 from .plan import LOSS_BINS, STRIDE, Plan
 from .record import jsonable, window_ppl
-from .sinks import KEY_TESTS, KeyMasked, distance_mass, first_token_mass
+from .sinks import KEY_TESTS, KeyMasked, distance_mass, first_token_mass, score_by_frequency
 
 PACKAGE = Path(__file__).resolve().parent.parent
 NOT_RUN_CODE = ("cli.py", "__main__.py", "longlora.py", "recipes.py", "plotting.py", "efficiency.py")  # never in a run
@@ -195,6 +195,19 @@ class Runner:
         def compute():
             docs = [d[:n] for d in self.docs if d.numel() >= n][:documents]
             return distance_mass(self._model(run, "full", rope_factor), docs, LOSS_BINS)
+
+        return self._cached(run, spec, compute)
+
+    def score_by_frequency(self, run, n: int, documents: int, near: int, far: int,
+                           rope_factor: float | None = None) -> dict:
+        """sinks.score_by_frequency of a run (or "base", with linear PI by `rope_factor` where given) on the first n
+        tokens of the first `documents` validation documents that hold n tokens, in LOSS_BINS distance bins."""
+        spec = {"kind": "score_by_frequency", "n": n, "documents": documents, "near": near, "far": far,
+                "bins": LOSS_BINS, **({} if rope_factor is None else {"rope_factor": rope_factor})}
+
+        def compute():
+            docs = [d[:n] for d in self.docs if d.numel() >= n][:documents]
+            return score_by_frequency(self._model(run, "full", rope_factor), docs, near, far, LOSS_BINS)
 
         return self._cached(run, spec, compute)
 

@@ -14,7 +14,8 @@ sinks or the distance? Each test below hides a different set of keys from every 
 `KeyMasked` runs a Llama's layers with one such (n, n) mask through SDPA; with the causal mask it gives the model's
 own logits (tests/test_table1_sink.py). `first_token_mass` reads `Llama.attention_maps`: the share of each head's
 attention that lands on the first K tokens; `distance_mass`, the share that the window's last queries put on keys at
-each distance (table1_budget: where does a grouped model's attention go beyond its break?).
+each distance (table1_budget: where does a grouped model's attention go beyond its break?); `score_by_frequency`, how
+much each rotary frequency adds to the score of a far key against a near one (and why).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from ..attention import sdpa
+from ..attention import repeat_kv, sdpa
 
 KEY_TESTS = ("full", "no_first", "window", "window_sinks")
 
@@ -116,3 +117,36 @@ def distance_mass(model, documents: list[torch.Tensor], bins: int = 16) -> dict:
     per_head = per_head / len(documents)
     return {"per_head": per_head.tolist(), "mean": per_head.mean((0, 1)).tolist(), "bins": bins,
             "documents": len(documents)}
+
+
+@torch.no_grad()
+def score_by_frequency(model, documents: list[torch.Tensor], near: int, far: int, bins: int = 16) -> dict:
+    """Each rotary frequency's part of the attention score q·k/√d under full attention, for the queries of the
+    window's last 1/bins, averaged over keys at distance bins < `near` ("near") and ≥ `far` ("far") and over
+    `documents` (each (n,)): layers x heads x d/2 each, frequency i being the pair of dimensions (i, i + d/2) that
+    rotate together (rotate-half layout; i = 0 the fastest). The parts add up to the score, and "far_minus_near" says
+    which frequencies make a far key score like a near one."""
+    parts = {"near": None, "far": None}
+    for doc in documents:
+        n = doc.numel()
+        m = n // bins
+        distance = torch.arange(n - m, n)[:, None] - torch.arange(n)[None, :]  # (m, n): the last 1/bins queries
+        which = torch.where(distance >= 0, (distance.clamp(min=0) // m).clamp(max=bins - 1), -1)  # -1: future
+        x = model.embed_tokens(doc[None])
+        cos, sin = model.rope(0, n, x)
+        per_layer = {"near": [], "far": []}
+        for layer in model.layers:
+            q, k, _ = layer.self_attn.qkv(layer.input_layernorm(x), cos, sin)  # (1, h, n, d), rotated
+            q, k = q[0, :, n - m:].double(), repeat_kv(k, q.shape[1])[0].double()
+            half = q.shape[-1] // 2
+            prod = torch.einsum("hqd,hkd->hqkd", q, k) / q.shape[-1] ** 0.5  # (h, m, n, d)
+            prod = prod[..., :half] + prod[..., half:]  # (h, m, n, d/2): one part per rotating pair
+            for name, keep in (("near", (which >= 0) & (which < near)), ("far", which >= far)):
+                per_layer[name].append(prod[:, keep].mean(1))  # (h, d/2): mean over those (query, key) pairs
+            x = layer(x, cos, sin)
+        for name in parts:
+            got = torch.stack(per_layer[name])  # (layers, h, d/2)
+            parts[name] = got if parts[name] is None else parts[name] + got
+    near_, far_ = (parts[name] / len(documents) for name in ("near", "far"))
+    return {"near": near_.tolist(), "far": far_.tolist(), "far_minus_near": (far_ - near_).tolist(),
+            "near_bins": near, "far_bins": far, "bins": bins, "documents": len(documents)}

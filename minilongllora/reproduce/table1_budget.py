@@ -28,6 +28,10 @@ BEYOND_THE_CAP = True  # its longer runs exceed the regime's token cap on purpos
 # number of keys.
 PI_STRETCH = 1.5
 DISTANCE_DOCUMENTS = 4  # every run's attention by distance (sinks.distance_mass) over the first 4 validation documents
+# and each rotary frequency's part of a far key's score against a near one's (sinks.score_by_frequency), in 16ths of
+# the window: near, the first 4 (within the training group, a quarter of the window); far, from the 12th on (beyond
+# about 1,400 tokens at 8x, where S2-Attn's loss breaks)
+NEAR_BINS, FAR_BINS = 4, 11
 PAPER = {"source": "LongLoRA v3 Table 1 (PAPER.md §1), its 16384 and 32768 columns (4x and 8x Llama 2's 4096)",
          "setup": "the paper has no budget ablation: Table 1 at the same multiples (its 1000 steps) for reference.",
          "rows": [{"setting": s, "steps": 1000, "context": 4096 * f, "ppl": PAPER_PPL[s][i]}
@@ -37,8 +41,8 @@ PAPER = {"source": "LongLoRA v3 Table 1 (PAPER.md §1), its 16384 and 32768 colu
 def rows(plan: Plan, runner, seeds) -> list[dict]:
     """Each seed's full-attention FT and S2-Attn run at each context with each budget, S2-Attn also tested with its
     own pattern, every run's loss by position also with its interpolation stretched by PI_STRETCH, and where the
-    window's last queries attend (by distance, `distance_mass`); the curve is recorded every `plan.curve_every` steps
-    in both, so the two budgets' curves share their first points."""
+    window's last queries attend (by distance, `distance_mass`) and why (`score_by_frequency`); the curve is recorded
+    every `plan.curve_every` steps in both, so the two budgets' curves share their first points."""
     out = []
     for seed in seeds:
         for factor in T1_BUDGET_FACTORS:
@@ -55,11 +59,15 @@ def rows(plan: Plan, runner, seeds) -> list[dict]:
                     stretched = PI_STRETCH * max(1.0, n / plan.base_context)  # quick contexts may lie below L
                     row["loss_bins_stretched"] = runner.last_quarter(run, n, rope_factor=stretched)["loss_bins"]
                     row["distance_mass"] = runner.distance_mass(run, n, DISTANCE_DOCUMENTS)
+                    row["far_minus_near"] = runner.score_by_frequency(run, n, DISTANCE_DOCUMENTS, NEAR_BINS,
+                                                                      FAR_BINS)["far_minus_near"]
                     out.append({**row, **run_fields(run)})
             if seed == seeds[0]:  # the starting point's attention: the base with the runs' interpolation
                 pi = max(1.0, n / plan.base_context)  # quick contexts may lie below the base's
                 out.append({"setting": "base+PI", "steps": 0, "context": n, "seed": None,
-                            "distance_mass": runner.distance_mass("base", n, DISTANCE_DOCUMENTS, rope_factor=pi)})
+                            "distance_mass": runner.distance_mass("base", n, DISTANCE_DOCUMENTS, rope_factor=pi),
+                            "far_minus_near": runner.score_by_frequency("base", n, DISTANCE_DOCUMENTS, NEAR_BINS,
+                                                                        FAR_BINS, rope_factor=pi)["far_minus_near"]})
     return out
 
 
@@ -172,6 +180,50 @@ def plot_distance_mass(result: dict, context: int | None = None, far: int = 11):
     b.set_xticks(range(0, layers * h, h), [f"layer {i}" for i in range(layers)])
     label_axes(b, f"each head's share beyond {far * n // bins} tokens", "head (layer by layer)",
                "share of attention")
+    return fig
+
+
+def far_minus_near(result: dict, **match) -> dict:
+    """{(setting, steps): far_minus_near (layers x heads x frequencies) averaged over the seeds} of the rows whose
+    fields equal `match`, and of the starting point (("base+PI", 0))."""
+    out = {}
+    for r in result["rows"] + result.get("starting_point", []):
+        if r.get("far_minus_near") and all(r.get(k) == v for k, v in match.items()):
+            out.setdefault((r["setting"], r["steps"]), []).append(r["far_minus_near"])
+    return {key: torch.tensor(ms, dtype=torch.float64).mean(0) for key, ms in out.items()}
+
+
+def plot_score_by_frequency(result: dict, context: int | None = None, heads: int = 2):
+    """Why the far keys draw attention: for the `heads` heads where S2-Attn at the longer budget puts the most more
+    attention than full FT beyond FAR_BINS/16 of the window (`distance_mass`), each rotary frequency's part of a far
+    key's score minus a near key's (q·k/√d; near: within the training group), for the base with PI, full FT and
+    S2-Attn (mean of the seeds). Above zero, that frequency makes far keys score higher than near ones."""
+    from ..plotting import color
+
+    rs = result["rows"]
+    n = context or max(r["context"] for r in rs)
+    got, mass = far_minus_near(result, context=n), distance_mass(result, context=n)
+    if not got:
+        raise ValueError(f"{result['name']}: no row at {n} tokens has its score by frequency")
+    long = max(k[1] for k in got)
+    extra = (mass[("s2", long)]["per_head"][..., FAR_BINS:].sum(-1)
+             - mass[("full", long)]["per_head"][..., FAR_BINS:].sum(-1))  # (layers, heads)
+    order = extra.flatten().argsort(descending=True)[:heads].tolist()
+    h = extra.shape[1]
+    fig, axes = figure(ncols=heads)
+    for ax, flat in zip(axes, order):
+        layer, head = divmod(flat, h)
+        series = [("base+PI", 0, "gray", "base+PI, before FT"), ("full", long, color("full"), f"full, {long} steps"),
+                  ("s2", long, color("s2"), f"s2, {long} steps")]
+        series = [s for s in series if (s[0], s[1]) in got]
+        width = 0.8 / len(series)
+        for i, (setting, steps, c, label) in enumerate(series):
+            parts = got[(setting, steps)][layer, head]
+            ax.bar([f + (i - len(series) / 2 + 0.5) * width for f in range(len(parts))], parts.tolist(), width,
+                   color=c, label=f"{label} (sum {parts.sum().item():+.1f})")
+        ax.axhline(0, color="black", lw=0.8)
+        label_axes(ax, f"n = {n}, layer {layer} head {head}" + quick_note(result),
+                   "rotary frequency (0 fastest)", "far key's score minus near key's", legend=7)
     return fig
 
 
