@@ -205,6 +205,10 @@ def test_attention_by_distance_is_the_mean_of_the_seeds_by_hand():
                                                                for b in range(rep.LOSS_BINS)], rel=1e-12)
         assert m["per_head"][2, 5, 11].item() == pytest.approx(sum(s["per_head"][2][5][11] for s in seeds) / 3)
         assert sum(m["mean"]) == pytest.approx(1.0, abs=1e-6)  # fp32 probabilities
+    parts = rep.table1_budget.far_minus_near(budget, context=2048)  # each frequency's far-minus-near score
+    seeds = [r["far_minus_near"][2][0] for r in budget["rows"] if (r["setting"], r["steps"], r["context"])
+             == ("s2", 800, 2048)]
+    assert parts[("s2", 800)][2, 0].tolist() == pytest.approx([sum(s[f] for s in seeds) / 3 for f in range(16)])
 
 
 def test_curve_gaps_pair_each_seed_with_full_attention_by_hand():

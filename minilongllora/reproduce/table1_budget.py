@@ -213,8 +213,8 @@ def plot_score_by_frequency(result: dict, context: int | None = None, heads: int
     fig, axes = figure(ncols=heads)
     for ax, flat in zip(axes, order):
         layer, head = divmod(flat, h)
-        series = [("base+PI", 0, "gray", "base+PI, before FT"), ("full", long, color("full"), f"full, {long} steps"),
-                  ("s2", long, color("s2"), f"s2, {long} steps")]
+        series = [("base+PI", 0, "gray", "base+PI"), ("full", long, color("full"), f"full {long}"),
+                  ("s2", long, color("s2"), f"s2 {long}")]
         series = [s for s in series if (s[0], s[1]) in got]
         width = 0.8 / len(series)
         for i, (setting, steps, c, label) in enumerate(series):
@@ -223,7 +223,9 @@ def plot_score_by_frequency(result: dict, context: int | None = None, heads: int
                    color=c, label=f"{label} (sum {parts.sum().item():+.1f})")
         ax.axhline(0, color="black", lw=0.8)
         label_axes(ax, f"n = {n}, layer {layer} head {head}" + quick_note(result),
-                   "rotary frequency (0 fastest)", "far key's score minus near key's", legend=7)
+                   "rotary frequency (0 fastest; legend: setting, steps)", "far key's score minus near key's",
+                   legend=7)
+        ax.legend(fontsize=7, loc="upper right")  # the fast and the slowest frequencies' bars are near zero
     return fig
 
 
