@@ -1,6 +1,9 @@
 """(Not in the paper.) Table 1 at 4x and 8x, full-attention FT and S2-Attn, with the regime's budget and with twice
 it (800 steps: 9.5% of the base's pretraining tokens, past the regime's 5% cap): does S2-Attn's gap shrink once
-full-attention fine-tuning has flattened, as it does at 2x within the budget?"""
+full-attention fine-tuning has flattened, as it does at 2x within the budget? And where a grouped model breaks, it
+looks inside without retraining: the loss by position with the interpolation stretched (distance or number of keys?),
+the attention by key distance head by head, and each rotary frequency's part of a far key's score (notebook 08,
+§8.3)."""
 
 from __future__ import annotations
 
@@ -47,6 +50,7 @@ def rows(plan: Plan, runner, seeds) -> list[dict]:
     for seed in seeds:
         for factor in T1_BUDGET_FACTORS:
             n = plan.context(factor)
+            pi = max(1.0, n / plan.base_context)  # the runs' interpolation; quick contexts may lie below the base's
             for budget in T1_BUDGETS:
                 p = dataclasses.replace(plan, steps=budget * plan.steps)
                 for setting in T1_BUDGET_SETTINGS:
@@ -56,14 +60,12 @@ def rows(plan: Plan, runner, seeds) -> list[dict]:
                            **runner.test_split(run, n)}
                     if setting != "full":  # tested with its own pattern too: does it still improve there?
                         row["ppl_own_pattern"] = runner.ppl(run, n, "train")["ppl"]
-                    stretched = PI_STRETCH * max(1.0, n / plan.base_context)  # quick contexts may lie below L
-                    row["loss_bins_stretched"] = runner.last_quarter(run, n, rope_factor=stretched)["loss_bins"]
+                    row["loss_bins_stretched"] = runner.last_quarter(run, n, rope_factor=PI_STRETCH * pi)["loss_bins"]
                     row["distance_mass"] = runner.distance_mass(run, n, DISTANCE_DOCUMENTS)
                     row["far_minus_near"] = runner.score_by_frequency(run, n, DISTANCE_DOCUMENTS, NEAR_BINS,
                                                                       FAR_BINS)["far_minus_near"]
                     out.append({**row, **run_fields(run)})
             if seed == seeds[0]:  # the starting point's attention: the base with the runs' interpolation
-                pi = max(1.0, n / plan.base_context)  # quick contexts may lie below the base's
                 out.append({"setting": "base+PI", "steps": 0, "context": n, "seed": None,
                             "distance_mass": runner.distance_mass("base", n, DISTANCE_DOCUMENTS, rope_factor=pi),
                             "far_minus_near": runner.score_by_frequency("base", n, DISTANCE_DOCUMENTS, NEAR_BINS,
