@@ -1,9 +1,9 @@
-"""(Not in the paper.) Table 1 at 4x and 8x, full-attention FT and S2-Attn, with the regime's budget and with twice
-it (800 steps: 9.5% of the base's pretraining tokens, past the regime's 5% cap): does S2-Attn's gap shrink once
-full-attention fine-tuning has flattened, as it does at 2x within the budget? And where a grouped model breaks, it
-looks inside without retraining: the loss by position with the interpolation stretched (distance or number of keys?),
-the attention by key distance head by head, and each rotary frequency's part of a far key's score (notebook 08,
-§8.3)."""
+"""(Not in the paper.) Table 1 at 4x and 8x, full-attention FT, short attention and S2-Attn, with the regime's budget
+and with twice it (800 steps: 9.5% of the base's pretraining tokens, past the regime's 5% cap): does S2-Attn's gap
+shrink once full-attention fine-tuning has flattened, as it does at 2x within the budget? And where a grouped model
+breaks, it looks inside without retraining: the loss by position with the interpolation stretched (distance or number
+of keys?), the attention by key distance head by head, and each rotary frequency's part of a far key's score
+(notebook 08, §8.3)."""
 
 from __future__ import annotations
 
@@ -19,11 +19,12 @@ from .table1 import PAPER_PPL
 
 NAME = "table1_budget"
 DESCRIPTION = ("Table 1 at 4x and 8x the base's context with the regime's 400 steps and with twice them (not in the "
-               "paper; past the 5% token cap): full-attention FT vs S2-Attn, full FT with PI, tested with full "
-               "attention")
+               "paper; past the 5% token cap): full-attention FT vs short attention vs S2-Attn, full FT with PI, "
+               "tested with full attention")
 ID_FIELDS = ("setting", "context", "steps")
 T1_BUDGETS = (1, 2)  # the budget as a multiple of the regime's steps; 1 is table1's runs
-T1_BUDGET_SETTINGS = ("full", "s2")
+T1_BUDGET_SETTINGS = ("full", "short", "s2")
+GROUPED = ("short", "s2")  # the settings that train in groups, each compared with full-attention FT
 T1_BUDGET_FACTORS = (4, 8)  # table1's contexts where full-attention FT has not flattened within the budget
 BEYOND_THE_CAP = True  # its longer runs exceed the regime's token cap on purpose (a diagnostic)
 # every row's loss by position is also measured with its interpolation stretched this much further (PI by 1.5 x n / L):
@@ -42,8 +43,8 @@ PAPER = {"source": "LongLoRA v3 Table 1 (PAPER.md §1), its 16384 and 32768 colu
 
 
 def rows(plan: Plan, runner, seeds) -> list[dict]:
-    """Each seed's full-attention FT and S2-Attn run at each context with each budget, S2-Attn also tested with its
-    own pattern, every run's loss by position also with its interpolation stretched by PI_STRETCH, and where the
+    """Each seed's full-attention FT, short-attention and S2-Attn run at each context with each budget, the grouped
+    ones also tested with their own pattern, every run's loss by position also with its interpolation stretched by PI_STRETCH, and where the
     window's last queries attend (by distance, `distance_mass`) and why (`score_by_frequency`); the curve is recorded
     every `plan.curve_every` steps in both, so the two budgets' curves share their first points."""
     out = []
@@ -95,38 +96,40 @@ def compare(result: dict) -> list[dict]:
     return out
 
 
-def _gaps(rows_: list[dict], steps: int, n: int) -> list[float]:
-    """S2-Attn's gap to full-attention FT of the same seed, per seed, at one budget and context."""
+def _gaps(rows_: list[dict], steps: int, n: int, setting: str = "s2") -> list[float]:
+    """A grouped setting's gap to full-attention FT of the same seed, per seed, at one budget and context."""
     full = {r["seed"]: r["ppl"] for r in rows_ if r["setting"] == "full" and r["steps"] == steps
             and r["context"] == n}
-    return [r["ppl"] / full[r["seed"]] - 1 for r in rows_ if r["setting"] == "s2" and r["steps"] == steps
+    return [r["ppl"] / full[r["seed"]] - 1 for r in rows_ if r["setting"] == setting and r["steps"] == steps
             and r["context"] == n]
 
 
 def plot(result: dict, rows_: list[dict]):
-    """Left: S2-Attn's gap to full-attention FT by budget at each context (each seed and the mean); right: the
-    absolute sliding-window perplexities."""
+    """Left: each grouped setting's gap to full-attention FT by budget at each context (each seed and the mean);
+    right: the absolute sliding-window perplexities, the grouped ones also tested with their own pattern."""
     from ..plotting import color
 
     fig, (a, b) = figure()
     rs = result["rows"]
     budgets, contexts = sorted({r["steps"] for r in rs}), sorted({r["context"] for r in rs})
-    styles = dict(zip(contexts, ("-", "--", ":")))
+    styles, markers = dict(zip(contexts, ("-", "--", ":"))), {"full": "o", "short": "s", "s2": "^"}
+    present = [s for s in T1_BUDGET_SETTINGS if any(r["setting"] == s for r in rs)]
     for n in contexts:
-        gaps = [_gaps(rs, s, n) for s in budgets]
-        for s, g in zip(budgets, gaps):
-            a.scatter([s] * len(g), [100 * x for x in g], color=color("s2"), alpha=0.5, s=14)
-        a.plot(budgets, [100 * sum(g) / len(g) for g in gaps], marker="^", ls=styles[n], color=color("s2"),
-               label=f"S2-Attn @ {n} (mean)")
-        for s, marker in (("full", "o"), ("s2", "^")):
-            b.plot(budgets, [mean(rs, "ppl", setting=s, steps=x, context=n) for x in budgets], marker=marker,
-                   ls=styles[n], color=color(s), label=f"{s} @ {n}")
-        own = [mean(rs, "ppl_own_pattern", setting="s2", steps=x, context=n) for x in budgets]
-        if None not in own:  # files made before the own-pattern test lack it
-            b.plot(budgets, own, marker="v", ls=styles[n], color=color("s2"), alpha=0.5,
-                   label=f"s2 @ {n}, own pattern")
+        for setting in (s for s in present if s in GROUPED):
+            gaps = [_gaps(rs, x, n, setting) for x in budgets]
+            for x, g in zip(budgets, gaps):
+                a.scatter([x] * len(g), [100 * v for v in g], color=color(setting), alpha=0.5, s=14)
+            a.plot(budgets, [100 * sum(g) / len(g) for g in gaps], marker=markers[setting], ls=styles[n],
+                   color=color(setting), label=f"{setting} @ {n} (mean)")
+            own = [mean(rs, "ppl_own_pattern", setting=setting, steps=x, context=n) for x in budgets]
+            if None not in own:  # files made before the own-pattern test lack it
+                b.plot(budgets, own, marker="v", ls=styles[n], color=color(setting), alpha=0.5,
+                       label=f"{setting} @ {n}, own pattern")
+        for setting in present:
+            b.plot(budgets, [mean(rs, "ppl", setting=setting, steps=x, context=n) for x in budgets],
+                   marker=markers[setting], ls=styles[n], color=color(setting), label=f"{setting} @ {n}")
     a.axhline(0, color="k", lw=0.8)
-    label_axes(a, OUR_MODEL + quick_note(result), "fine-tuning steps", "S2-Attn vs full FT, same seed (%)")
+    label_axes(a, OUR_MODEL + quick_note(result), "fine-tuning steps", "vs full FT, same seed (%)")
     label_axes(b, "ours: absolute perplexity", "fine-tuning steps", "sliding-window perplexity")
     for ax in (a, b):
         ax.set_xticks(budgets)
@@ -170,10 +173,12 @@ def plot_distance_mass(result: dict, context: int | None = None, far: int = 11):
     a.axvline(far * n / bins, color="gray", ls=":", lw=0.8)
     label_axes(a, f"n = {n}: the last {n // bins} queries' attention" + quick_note(result), "key distance (tokens)",
                "share of attention (mean of layers and heads)")
-    for i, setting in enumerate(T1_BUDGET_SETTINGS):
+    present = [s for s in T1_BUDGET_SETTINGS if (s, long) in got]
+    width = 0.8 / len(present)
+    for i, setting in enumerate(present):
         heads = got[(setting, long)]["per_head"][..., far:].sum(-1).flatten()  # (layers x heads,)
-        b.bar([j + (i - 0.5) * 0.4 for j in range(len(heads))], heads.tolist(), 0.4, color=color(setting),
-              label=f"{setting}, {long} steps")
+        b.bar([j + (i - len(present) / 2 + 0.5) * width for j in range(len(heads))], heads.tolist(), width,
+              color=color(setting), label=f"{setting}, {long} steps")
     if ("base+PI", 0) in got:
         heads = got[("base+PI", 0)]["per_head"][..., far:].sum(-1).flatten()
         b.scatter(range(len(heads)), heads.tolist(), marker="x", color="gray", s=16, zorder=3,
@@ -215,8 +220,7 @@ def plot_score_by_frequency(result: dict, context: int | None = None, heads: int
     fig, axes = figure(ncols=heads)
     for ax, flat in zip(axes, order):
         layer, head = divmod(flat, h)
-        series = [("base+PI", 0, "gray", "base+PI"), ("full", long, color("full"), f"full {long}"),
-                  ("s2", long, color("s2"), f"s2 {long}")]
+        series = [("base+PI", 0, "gray", "base+PI")] + [(s, long, color(s), f"{s} {long}") for s in T1_BUDGET_SETTINGS]
         series = [s for s in series if (s[0], s[1]) in got]
         width = 0.8 / len(series)
         for i, (setting, steps, c, label) in enumerate(series):
@@ -253,13 +257,21 @@ def _at(rs: list[dict], n: int, short: int, long: int) -> str:
                             {"setting": "s2", "steps": short, "context": n}, "ppl_own_pattern")
         outcome += (f" (S2-Attn tested with its own pattern: {own[0]:.3f} → {own[1]:.3f}, "
                     f"{than(own_change, f'at {short}')})")
+    if any(r["setting"] == "short" and r["context"] == n for r in rs):  # files made before short was added lack it
+        gaps = [_gaps(rs, x, n, "short") for x in (short, long)]
+        s2_short = versus(rs, {"setting": "s2", "steps": long, "context": n},
+                          {"setting": "short", "steps": long, "context": n})
+        outcome += (f"; short attention {pct(sum(gaps[0]) / len(gaps[0]))} → {pct(sum(gaps[1]) / len(gaps[1]))} "
+                    f"({than(resolve(gaps[1], gaps[0]), f'at {short}')}), S2-Attn at {long} steps "
+                    f"{than(s2_short, 'short')}")
     return f"{n} tokens: " + "; ".join(parts) + f"; full FT at {long} steps {than(full_gain, f'at {short}')}: {outcome}"
 
 
 def verdict(result: dict, rows_: list[dict]) -> str:
     """Under the verdict rule (compare.resolve), at each context: S2-Attn against full-attention FT at each budget,
-    full FT's gain from the longer budget, S2-Attn's per-seed gap at the longer budget against the shorter one, and
-    S2-Attn tested with its own pattern at the longer budget against the shorter one."""
+    full FT's gain from the longer budget, S2-Attn's per-seed gap at the longer budget against the shorter one,
+    S2-Attn tested with its own pattern at the longer budget against the shorter one, and short attention's gap at
+    both budgets and against S2-Attn at the longer one."""
     rs = result["rows"]
     short, long = min(r["steps"] for r in rs), max(r["steps"] for r in rs)
     contexts = sorted({r["context"] for r in rs})
