@@ -131,8 +131,10 @@ def plot(result: dict, rows_: list[dict]):
     a.axhline(0, color="k", lw=0.8)
     label_axes(a, OUR_MODEL + quick_note(result), "fine-tuning steps", "vs full FT, same seed (%)")
     label_axes(b, "ours: absolute perplexity", "fine-tuning steps", "sliding-window perplexity")
+    b.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # many lines: the legend beside the axes
     for ax in (a, b):
         ax.set_xticks(budgets)
+    fig.tight_layout()
     return fig
 
 
