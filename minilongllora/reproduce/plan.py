@@ -67,6 +67,10 @@ class Plan:
     def context(self, factor: float) -> int:
         return int(round(factor * (self.unit or self.base_context)))
 
+    def rope_factor(self, context: int) -> float:
+        """Linear PI by context / L for a context of `context` tokens (none below the base's: quick contexts)."""
+        return max(1.0, context / self.base_context)
+
     def config(self, context: int, *, method: str = "full", attention: str = "s2", variant: str = "split",
                group_size: int | None = None, rank: int = 8, train_embed: bool = True, train_norm: bool = True,
                seed: int = 0, lr: float | None = None) -> TrainConfig:
@@ -79,7 +83,7 @@ class Plan:
             weight_decay=0.0, warmup_steps=self.warmup_steps, betas=(0.9, 0.95), clip=1.0, seed=seed, method=method,
             lora_r=rank, lora_alpha=16.0, lora_dropout=0.0, train_embed=train_embed, train_norm=train_norm,
             attention=attention, s2_variant=variant, group_size_ratio=ratio,
-            rope_factor=max(1.0, context / self.base_context), gradient_checkpointing=False, precision=self.precision,
+            rope_factor=self.rope_factor(context), gradient_checkpointing=False, precision=self.precision,
             data="pystdlib", save_every=self.save_every, eval_every=self.curve_every,
             eval_windows=self.curve_windows or max(1, CURVE_TOKENS // context), log_every=50, device="cpu")
         if group_size is not None and group_of(cfg) != group_size:

@@ -186,6 +186,10 @@ class Runner:
                 "ppl_last_quarter_test": self.last_quarter(run, n, attention, rope_factor,
                                                            split="test")["ppl_last_quarter"]}
 
+    def _first(self, n: int, documents: int) -> list:
+        """The first n tokens of the first `documents` validation documents that hold n tokens."""
+        return [d[:n] for d in self.docs if d.numel() >= n][:documents]
+
     def distance_mass(self, run, n: int, documents: int, rope_factor: float | None = None) -> dict:
         """sinks.distance_mass of a run (or "base", with linear PI by `rope_factor` where given) on the first n tokens
         of the first `documents` validation documents that hold n tokens, in LOSS_BINS distance bins."""
@@ -193,8 +197,7 @@ class Runner:
                 **({} if rope_factor is None else {"rope_factor": rope_factor})}
 
         def compute():
-            docs = [d[:n] for d in self.docs if d.numel() >= n][:documents]
-            return distance_mass(self._model(run, "full", rope_factor), docs, LOSS_BINS)
+            return distance_mass(self._model(run, "full", rope_factor), self._first(n, documents), LOSS_BINS)
 
         return self._cached(run, spec, compute)
 
@@ -206,8 +209,8 @@ class Runner:
                 "bins": LOSS_BINS, **({} if rope_factor is None else {"rope_factor": rope_factor})}
 
         def compute():
-            docs = [d[:n] for d in self.docs if d.numel() >= n][:documents]
-            return score_by_frequency(self._model(run, "full", rope_factor), docs, near, far, LOSS_BINS)
+            return score_by_frequency(self._model(run, "full", rope_factor), self._first(n, documents), near, far,
+                                      LOSS_BINS)
 
         return self._cached(run, spec, compute)
 
@@ -218,7 +221,7 @@ class Runner:
                 **({} if rope_factor is None else {"rope_factor": rope_factor})}
 
         def compute():
-            docs = [d[:n] for d in self.docs if d.numel() >= n][:documents]
+            docs = self._first(n, documents)
             return first_token_mass(self._model(run, "full", rope_factor), docs, k, LOSS_BINS)
 
         return self._cached(run, spec, compute)

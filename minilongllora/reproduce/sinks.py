@@ -97,6 +97,14 @@ def first_token_mass(model, documents: list[torch.Tensor], k: int, bins: int = 1
             "k": k, "documents": len(documents)}
 
 
+def _distance_bins(n: int, bins: int) -> tuple[int, torch.Tensor]:
+    """The window's last m = n/bins queries, and each (query, key)'s distance bin, (m, n): bin b holds distances
+    b·m … (b+1)·m − 1 (the last bin also every larger one), −1 a future key."""
+    m = n // bins
+    distance = torch.arange(n - m, n)[:, None] - torch.arange(n)[None, :]  # (m, n)
+    return m, torch.where(distance >= 0, (distance.clamp(min=0) // m).clamp(max=bins - 1), -1)
+
+
 def distance_mass(model, documents: list[torch.Tensor], bins: int = 16) -> dict:
     """Share of attention on keys at each distance under full attention, for the queries of the window's last 1/bins
     (each reads keys at every distance bin), averaged over `documents` (each (n,)): "per_head" (layers x heads x
@@ -104,10 +112,8 @@ def distance_mass(model, documents: list[torch.Tensor], bins: int = 16) -> dict:
     per_head = None
     for doc in documents:
         n = doc.numel()
-        m = n // bins
-        queries = torch.arange(n - m, n)[:, None]  # (m, 1): the last 1/bins of the window
-        distance = queries - torch.arange(n)[None, :]  # (m, n); negative: future keys, probability 0
-        which = (distance.clamp(min=0) // m).clamp(max=bins - 1)  # (m, n): each key's distance bin
+        m, which = _distance_bins(n, bins)
+        which = which.clamp(min=0)  # future keys have probability 0: any bin will do
         maps = model.attention_maps(doc[None])  # [(1, h, n, n)] x layers, full attention
         mass = torch.stack([p[0, :, n - m:, :].double() for p in maps])  # (layers, h, m, n)
         binned = torch.zeros(*mass.shape[:3], bins, dtype=torch.float64)
@@ -130,9 +136,7 @@ def score_by_frequency(model, documents: list[torch.Tensor], near: int, far: int
     parts = {"near": None, "far": None}
     for doc in documents:
         n = doc.numel()
-        m = n // bins
-        distance = torch.arange(n - m, n)[:, None] - torch.arange(n)[None, :]  # (m, n): the last 1/bins queries
-        which = torch.where(distance >= 0, (distance.clamp(min=0) // m).clamp(max=bins - 1), -1)  # -1: future
+        m, which = _distance_bins(n, bins)
         x = model.embed_tokens(doc[None])
         cos, sin = model.rope(0, n, x)
         per_layer = {"near": [], "far": []}

@@ -39,7 +39,7 @@ def rows(plan: Plan, runner, seeds) -> list[dict]:
                             **runner.ppl(run, n), **runner.last_quarter(run, n), **runner.test_split(run, n),
                             **run_fields(run)})
             if seed == seeds[0]:  # the starting point: the base with the run's interpolation, before any step
-                factor = max(1.0, n / plan.base_context)  # quick contexts may lie below the base's
+                factor = plan.rope_factor(n)
                 out.append({"setting": "base+PI", "context": n, "seed": None, "group_size": None,
                             **runner.ppl("base", n, rope_factor=factor),
                             **runner.last_quarter("base", n, rope_factor=factor),

@@ -44,14 +44,15 @@ PAPER = {"source": "LongLoRA v3 Table 1 (PAPER.md §1), its 16384 and 32768 colu
 
 def rows(plan: Plan, runner, seeds) -> list[dict]:
     """Each seed's full-attention FT, short-attention and S2-Attn run at each context with each budget, the grouped
-    ones also tested with their own pattern, every run's loss by position also with its interpolation stretched by PI_STRETCH, and where the
-    window's last queries attend (by distance, `distance_mass`) and why (`score_by_frequency`); the curve is recorded
-    every `plan.curve_every` steps in both, so the two budgets' curves share their first points."""
+    ones also tested with their own pattern, every run's loss by position also with its interpolation stretched by
+    PI_STRETCH, and where the window's last queries attend (by distance, `distance_mass`) and why
+    (`score_by_frequency`); the curve is recorded every `plan.curve_every` steps in both, so the two budgets' curves
+    share their first points."""
     out = []
     for seed in seeds:
         for factor in T1_BUDGET_FACTORS:
             n = plan.context(factor)
-            pi = max(1.0, n / plan.base_context)  # the runs' interpolation; quick contexts may lie below the base's
+            pi = plan.rope_factor(n)  # the runs' interpolation
             for budget in T1_BUDGETS:
                 p = dataclasses.replace(plan, steps=budget * plan.steps)
                 for setting in T1_BUDGET_SETTINGS:
@@ -138,18 +139,24 @@ def plot(result: dict, rows_: list[dict]):
     return fig
 
 
-def distance_mass(result: dict, **match) -> dict:
-    """{(setting, steps): distance_mass averaged over the seeds} of the rows whose fields equal `match`, and of the
-    starting point (("base+PI", 0): the base with the interpolation, before fine-tuning)."""
+def _by_setting(result: dict, field: str, **match) -> dict:
+    """{(setting, steps): [each seed's `field`]} of the rows whose fields equal `match`, and of the starting point
+    (("base+PI", 0): the base with the interpolation, before fine-tuning)."""
     out = {}
     for r in result["rows"] + result.get("starting_point", []):
-        if r.get("distance_mass") and all(r.get(k) == v for k, v in match.items()):
-            out.setdefault((r["setting"], r["steps"]), []).append(r["distance_mass"])
+        if r.get(field) and all(r.get(k) == v for k, v in match.items()):
+            out.setdefault((r["setting"], r["steps"]), []).append(r[field])
+    return out
+
+
+def distance_mass(result: dict, **match) -> dict:
+    """{(setting, steps): distance_mass averaged over the seeds} (`_by_setting`)."""
     return {key: {"mean": [sum(col) / len(col) for col in zip(*(m["mean"] for m in ms))],
-                  "per_head": torch.tensor([m["per_head"] for m in ms]).mean(0)} for key, ms in out.items()}
+                  "per_head": torch.tensor([m["per_head"] for m in ms]).mean(0)}
+            for key, ms in _by_setting(result, "distance_mass", **match).items()}
 
 
-def plot_distance_mass(result: dict, context: int | None = None, far: int = 11):
+def plot_distance_mass(result: dict, context: int | None = None, far: int = FAR_BINS):
     """Where the window's last queries attend under full attention at `context` (default the longest), mean of the
     seeds, and of the base with the interpolation before fine-tuning (gray). Left: the share of attention on keys at
     each distance, per setting and budget. Right: each head's share on keys at least far/16 of the window back (the
@@ -193,13 +200,9 @@ def plot_distance_mass(result: dict, context: int | None = None, far: int = 11):
 
 
 def far_minus_near(result: dict, **match) -> dict:
-    """{(setting, steps): far_minus_near (layers x heads x frequencies) averaged over the seeds} of the rows whose
-    fields equal `match`, and of the starting point (("base+PI", 0))."""
-    out = {}
-    for r in result["rows"] + result.get("starting_point", []):
-        if r.get("far_minus_near") and all(r.get(k) == v for k, v in match.items()):
-            out.setdefault((r["setting"], r["steps"]), []).append(r["far_minus_near"])
-    return {key: torch.tensor(ms, dtype=torch.float64).mean(0) for key, ms in out.items()}
+    """{(setting, steps): far_minus_near (layers x heads x frequencies) averaged over the seeds} (`_by_setting`)."""
+    return {key: torch.tensor(ms, dtype=torch.float64).mean(0)
+            for key, ms in _by_setting(result, "far_minus_near", **match).items()}
 
 
 def plot_score_by_frequency(result: dict, context: int | None = None, heads: int = 2):

@@ -102,7 +102,7 @@ def rows(plan: Plan, runner, seeds) -> list[dict]:
                           "every": every if setting == "s2_full_steps" else None, **flops(cfg), **run_fields(run)}
                 out += [{**common, **r} for r in _tested(runner, run, n, setting)]
             if seed == seeds[0]:  # the starting point: the base with the run's interpolation, before any step
-                factor = max(1.0, n / plan.base_context)
+                factor = plan.rope_factor(n)
                 out += [{"setting": "base+PI", "context": n, "seed": None, **r}
                         for r in _tested(runner, "base", n, "base+PI", rope_factor=factor)]
     return out + candidates  # reproduce() keeps the candidates apart, under "selection"
