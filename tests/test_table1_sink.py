@@ -3,13 +3,16 @@ against the model's own forward (full attention, the `local` pattern), which tok
 perturbation, the masks' defining property), the attention mass on the first tokens against the attention maps,
 the FLOPs of a row, and the choice of k on validation."""
 
+import math
+
 import pytest
 import torch
 
 from minilongllora import Llama, LlamaConfig
 from minilongllora.reproduce import table1_sink
+from minilongllora.lora import apply_lora
 from minilongllora.reproduce.sinks import (KeyMasked, distance_mass, first_token_mass, key_mask, parse_test,
-                                          score_by_frequency)
+                                          rotary_phase, rotate_query_pair, score_by_frequency)
 
 from test_attention import kernel  # noqa: F401 (fp64 explicit attention: the oracle's precision)
 
@@ -143,6 +146,58 @@ def _raw_scores(model, docs, layer, head):
                     break
                 x = block(x, cos, sin)
     return out
+
+
+def _rotated_qk(model, doc, layer):
+    """The rotated queries and keys (h, n, d) of one layer, from the model's own qkv (RoPE applied), as complex
+    numbers per rotating pair (h, n, d/2), and the model's angle of each (position, pair) (n, d/2)."""
+    with torch.no_grad():
+        x = model.embed_tokens(doc[None])
+        cos, sin = model.rope(0, doc.numel(), x)
+        for block in model.layers[:layer]:
+            x = block(x, cos, sin)
+        q, k, _ = model.layers[layer].self_attn.qkv(model.layers[layer].input_layernorm(x), cos, sin)
+    half = q.shape[-1] // 2
+    as_complex = lambda t: torch.complex(t[0, ..., :half].double(), t[0, ..., half:].double())  # noqa: E731
+    return as_complex(q), as_complex(k), torch.atan2(sin[:, :half], cos[:, :half]).double()
+
+
+def test_rotary_phase_against_the_rotated_queries_and_keys_by_hand():
+    """C = mean q · conj(mean k) before rotation: undo the model's own RoPE angles on qkv's rotated q and k."""
+    model = _model(n_kv_heads=4, layers=2)  # head_dim 16: 8 pairs
+    docs = [torch.randint(0, 256, (32,)) for _ in range(2)]
+    got = rotary_phase(model, docs, pair=3, bins=4)  # the last 8 queries
+    for layer in range(2):
+        c = 0
+        for doc in docs:
+            q, k, angle = _rotated_qk(model, doc, layer)
+            unrotate = torch.exp(-1j * angle[:, 3])  # (n,)
+            c = c + (q[:, 24:, 3] * unrotate[24:]).mean(1) * (k[:, :, 3] * unrotate).mean(1).conj() / 2
+        # the model rotates in float32, so undoing it agrees to float32's rounding (1e-7 here), not float64's
+        assert got["phase"][layer] == pytest.approx(c.angle().tolist(), abs=1e-6)
+        assert got["magnitude"][layer] == pytest.approx((c.abs() / 4).tolist(), rel=1e-6)  # / √16
+
+
+def test_rotate_query_pair_turns_that_frequency_of_the_queries_and_nothing_else():
+    """Turning pair 3 by α multiplies the rotated queries' pair 3 by e^{iα} (the sense RoPE turns them with the
+    position), leaves the other pairs and the keys as they were, turns rotary_phase by α, and needs merged weights."""
+    model, doc = _model(n_kv_heads=2, layers=2), torch.randint(0, 256, (32,))
+    q0, k0, _ = _rotated_qk(model, doc, 0)
+    before = rotary_phase(model, [doc], pair=3, bins=4)
+    angles = [[0.3, -1.0, 2.5, 0.0], [0.0] * 4]
+    rotate_query_pair(model, 3, angles)
+    q1, k1, _ = _rotated_qk(model, doc, 0)
+    turn = torch.exp(1j * torch.tensor(angles[0], dtype=torch.float64))[:, None]  # (h, 1)
+    torch.testing.assert_close(q1[:, :, 3], q0[:, :, 3] * turn, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(q1[:, :, [0, 1, 2, 4, 5, 6, 7]], q0[:, :, [0, 1, 2, 4, 5, 6, 7]], atol=0, rtol=0)
+    torch.testing.assert_close(k1, k0, atol=0, rtol=0)
+    after = rotary_phase(model, [doc], pair=3, bins=4)
+    for head, a in enumerate(angles[0]):
+        assert math.remainder(after["phase"][0][head] - before["phase"][0][head] - a, 2 * math.pi) == \
+            pytest.approx(0, abs=1e-5)
+    assert after["magnitude"][0] == pytest.approx(before["magnitude"][0], rel=1e-5)
+    with pytest.raises(TypeError, match="merged"):
+        rotate_query_pair(apply_lora(_model()), 3, angles)
 
 
 def test_flops_of_the_rows_at_llama_scale():

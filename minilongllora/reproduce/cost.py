@@ -63,7 +63,7 @@ class CostRunner:
             self.seen.add(key)
             self.seconds += seconds
 
-    def _forward(self, kind: str, run, n: int, attention: str, rope_factor, count: int) -> None:
+    def _forward(self, kind: str, run, n: int, attention: str, rope_factor, count: int, rotate=None) -> None:
         if attention.startswith("local "):
             span = int(2 * n * float(attention.split()[1]))  # blocks of W queries read 2W keys
         elif attention != "full" and attention.split()[0] in ("no_first", "window", "window_sinks"):
@@ -71,14 +71,14 @@ class CostRunner:
         else:
             span = n if attention == "full" else group_of(run["config"])
         key = run if run == "base" else run["key"]
-        self._once((kind, key, n, attention, rope_factor), forward_seconds(count * n, n, span))
+        self._once((kind, key, n, attention, rope_factor, rotate), forward_seconds(count * n, n, span))
 
-    def ppl(self, run, n, attention="full", rope_factor=None, split="validation"):
-        self._forward(f"ppl {split}", run, n, attention, rope_factor, self.plan.ppl_windows)
+    def ppl(self, run, n, attention="full", rope_factor=None, split="validation", rotate=None):
+        self._forward(f"ppl {split}", run, n, attention, rope_factor, self.plan.ppl_windows, rotate)
         return {"ppl": 1.0}
 
-    def last_quarter(self, run, n, attention="full", rope_factor=None, split="validation"):
-        self._forward(f"lq {split}", run, n, attention, rope_factor, self.plan.lq_documents)
+    def last_quarter(self, run, n, attention="full", rope_factor=None, split="validation", rotate=None):
+        self._forward(f"lq {split}", run, n, attention, rope_factor, self.plan.lq_documents, rotate)
         return {"ppl_last_quarter": None, "loss_quarters": None, "loss_bins": None}
 
     def test_split(self, run, n, attention="full", rope_factor=None):
@@ -95,6 +95,10 @@ class CostRunner:
     def score_by_frequency(self, run, n, documents, near, far, rope_factor=None):
         self._forward("frequency", run, n, "full", rope_factor, 2 * documents)  # like the explicit probabilities
         return {"far_minus_near": None}
+
+    def rotary_phase(self, run, n, documents, pair=None, rope_factor=None):
+        self._forward("phase", run, n, "full", rope_factor, documents)
+        return {"phase": [[0.0]], "magnitude": [[0.0]], "pair": 0}  # one stand-in head: enough for the rows' angles
 
     def passkey(self, source, lengths, trials, rope_factor, format="paper"):
         key = source if source == "base" else source["key"]

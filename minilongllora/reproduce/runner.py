@@ -28,7 +28,8 @@ from ..train import train, validation_loss, validation_rows
 from ..trainconfig import TrainConfig, meta_model
 from .plan import LOSS_BINS, STRIDE, Plan
 from .record import jsonable, window_ppl
-from .sinks import KEY_TESTS, KeyMasked, distance_mass, first_token_mass, score_by_frequency
+from .sinks import (KEY_TESTS, KeyMasked, distance_mass, first_token_mass, rotary_phase, rotate_query_pair,
+                    score_by_frequency)
 
 PACKAGE = Path(__file__).resolve().parent.parent
 NOT_RUN_CODE = ("cli.py", "__main__.py", "longlora.py", "recipes.py", "plotting.py", "efficiency.py")  # never in a run
@@ -124,9 +125,10 @@ class Runner:
             write_json(path, cache, default=jsonable)
         return cache[key]
 
-    def _model(self, source, attention: str = "full", rope_factor: float | None = None):
+    def _model(self, source, attention: str = "full", rope_factor: float | None = None, rotate: dict | None = None):
         """The model of a run (or "base") for testing: full attention; "train": its own training pattern; "local F":
-        a sliding window of F x the evaluated length; a key test of sinks.py ("no_first K", "window_sinks F K", …)."""
+        a sliding window of F x the evaluated length; a key test of sinks.py ("no_first K", "window_sinks F K", …).
+        `rotate` ({"pair", "angles", …}): its queries at that rotary frequency turned (`sinks.rotate_query_pair`)."""
         overrides = {} if rope_factor is None else {"rope_scaling": linear_scaling(rope_factor)}
         if source != "base" and attention == "train":
             cfg = source["config"]
@@ -135,6 +137,8 @@ class Runner:
         elif attention.startswith("local "):  # "local F": a sliding window of F x the evaluated length
             overrides.update(attention="local", group_size_ratio=float(attention.split()[1]), eval_attention="train")
         model = from_hf(self.plan.base if source == "base" else source["final"], **overrides).eval()
+        if rotate is not None:
+            rotate_query_pair(model, rotate["pair"], rotate["angles"])
         if attention.split()[0] in KEY_TESTS and attention != "full":
             return KeyMasked(model, attention).eval()
         return model
@@ -145,31 +149,33 @@ class Runner:
         return self._split_docs[split]
 
     def ppl(self, run, n: int, attention: str = "full", rope_factor: float | None = None,
-            split: str = "validation") -> dict:
-        """Sliding-window perplexity of a run (or of "base", with linear PI by `rope_factor` where given)."""
+            split: str = "validation", rotate: dict | None = None) -> dict:
+        """Sliding-window perplexity of a run (or of "base", with linear PI by `rope_factor` where given; `rotate`:
+        see `_model`)."""
         spec = {"kind": "ppl", "n": n, "stride": min(STRIDE, n), "windows": self.plan.ppl_windows,
                 "attention": attention, **({} if rope_factor is None else {"rope_factor": rope_factor}),
-                **({} if split == "validation" else {"split": split})}
+                **({} if split == "validation" else {"split": split}), **({} if rotate is None else {"rotate": rotate})}
 
         def compute():
-            r = perplexity(self._model(run, attention, rope_factor), self.documents(split), n, stride=min(STRIDE, n),
-                           max_windows=self.plan.ppl_windows, batch_size=4, progress=False)
+            r = perplexity(self._model(run, attention, rope_factor, rotate), self.documents(split), n,
+                           stride=min(STRIDE, n), max_windows=self.plan.ppl_windows, batch_size=4, progress=False)
             return {"ppl": r["ppl"], "ppl_tokens": r["tokens_scored"], "ppl_windows": r["windows"]}
 
         return self._cached(run, spec, compute)
 
     def last_quarter(self, run, n: int, attention: str = "full", rope_factor: float | None = None,
-                     split: str = "validation") -> dict:
-        """exp of the mean loss at the last quarter of window positions, the loss of each quarter and of each 16th."""
+                     split: str = "validation", rotate: dict | None = None) -> dict:
+        """exp of the mean loss at the last quarter of window positions, the loss of each quarter and of each 16th
+        (`rotate`: see `_model`)."""
         spec = {"kind": "last_quarter", "n": n, "documents": self.plan.lq_documents, "attention": attention,
                 "bins": LOSS_BINS, **({} if rope_factor is None else {"rope_factor": rope_factor}),
-                **({} if split == "validation" else {"split": split})}
+                **({} if split == "validation" else {"split": split}), **({} if rotate is None else {"rotate": rotate})}
 
         def compute():
             docs = [d[:n] for d in self.documents(split) if d.numel() >= n][:self.plan.lq_documents]
             if not docs:
                 raise ValueError(f"no {split} document holds {n} tokens")
-            curve = position_loss(self._model(run, attention, rope_factor), docs, n, batch_size=4).double()
+            curve = position_loss(self._model(run, attention, rope_factor, rotate), docs, n, batch_size=4).double()
             # entry i predicts token i + 1: the last quarter of positions is tokens 3n/4 … n−1
             quarters = [curve[max(0, q * n // 4 - 1):(q + 1) * n // 4 - 1].mean().item() for q in range(4)]
             bins = [curve[max(0, b * n // LOSS_BINS - 1):(b + 1) * n // LOSS_BINS - 1].mean().item()
@@ -211,6 +217,18 @@ class Runner:
         def compute():
             return score_by_frequency(self._model(run, "full", rope_factor), self._first(n, documents), near, far,
                                       LOSS_BINS)
+
+        return self._cached(run, spec, compute)
+
+    def rotary_phase(self, run, n: int, documents: int, pair: int | None = None,
+                     rope_factor: float | None = None) -> dict:
+        """sinks.rotary_phase of a run (or "base", with linear PI by `rope_factor` where given) on the first n tokens
+        of the first `documents` validation documents that hold n tokens."""
+        spec = {"kind": "rotary_phase", "n": n, "documents": documents, "pair": pair, "bins": LOSS_BINS,
+                **({} if rope_factor is None else {"rope_factor": rope_factor})}
+
+        def compute():
+            return rotary_phase(self._model(run, "full", rope_factor), self._first(n, documents), pair, LOSS_BINS)
 
         return self._cached(run, spec, compute)
 

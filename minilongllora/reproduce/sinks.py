@@ -15,7 +15,8 @@ sinks or the distance? Each test below hides a different set of keys from every 
 own logits (tests/test_table1_sink.py). `first_token_mass` reads `Llama.attention_maps`: the share of each head's
 attention that lands on the first K tokens; `distance_mass`, the share that the window's last queries put on keys at
 each distance (table1_budget: where does a grouped model's attention go beyond its break?); `score_by_frequency`, how
-much each rotary frequency adds to the score of a far key against a near one (and why).
+much each rotary frequency adds to the score of a far key against a near one (and why); `rotary_phase`, where on its
+cosine one frequency's part of the score lies, and `rotate_query_pair`, a weight edit that moves it.
 """
 
 from __future__ import annotations
@@ -155,3 +156,51 @@ def score_by_frequency(model, documents: list[torch.Tensor], near: int, far: int
     near_, far_ = (parts[name] / len(documents) for name in ("near", "far"))
     return {"near": near_.tolist(), "far": far_.tolist(), "far_minus_near": (far_ - near_).tolist(),
             "near_bins": near, "far_bins": far, "bins": bins, "documents": len(documents)}
+
+
+@torch.no_grad()
+def rotary_phase(model, documents: list[torch.Tensor], pair: int | None = None, bins: int = 16) -> dict:
+    """Rotary frequency `pair`'s mean query-key product C = mean(q) · conj(mean(k)) (default pair d/4: 10000^(-1/2)
+    radians per position whatever d), each head's pair of dimensions (pair, pair + d/2) read as one complex number
+    before rotation, over the window's last 1/bins queries and all its keys, averaged over `documents`: layers x
+    heads. That frequency's part of those queries' scores at distance Δ is
+    then, on average, |C| cos(θΔ + arg C)/√d: "phase" (arg C, radians) says where on that cosine the window lies and
+    "magnitude" (|C|/√d) how much it weighs (rotate-half layout, θ the pair's angle per token)."""
+    total, d = None, model.layers[0].self_attn.config.head_dim
+    pair = d // 4 if pair is None else pair
+    for doc in documents:
+        n = doc.numel()
+        m = n // bins
+        x = model.embed_tokens(doc[None])
+        cos, sin = model.rope(0, n, x)
+        per_layer = []
+        for layer in model.layers:
+            attn, h = layer.self_attn, layer.input_layernorm(x)
+            q = rearrange(attn.q_proj(h), "1 n (h d) -> h n d", d=d).double()
+            k = rearrange(attn.k_proj(h), "1 n (h d) -> h n d", d=d).double()
+            k = repeat_kv(k[None], q.shape[0])[0]  # (h, n, d): each query head with its key head
+            qc = torch.complex(q[..., pair], q[..., pair + d // 2])[:, n - m:].mean(1)  # (h,)
+            kc = torch.complex(k[..., pair], k[..., pair + d // 2]).mean(1)  # (h,)
+            per_layer.append(qc * kc.conj())
+            x = layer(x, cos, sin)
+        got = torch.stack(per_layer)  # (layers, h)
+        total = got if total is None else total + got
+    c = total / len(documents)
+    return {"phase": c.angle().tolist(), "magnitude": (c.abs() / d ** 0.5).tolist(), "pair": pair, "bins": bins,
+            "documents": len(documents)}
+
+
+@torch.no_grad()
+def rotate_query_pair(model, pair: int, angles) -> None:
+    """Turn every head's query at rotary frequency `pair` by angles[layer][head] radians, in place: a rotation of the
+    two rows of W_q that make it, so that frequency's part of each score becomes |C| cos(θΔ + arg C + angle) and
+    nothing else changes (`rotary_phase`'s C turns by the angle). W_q must be a plain (merged) nn.Linear."""
+    for layer, row in zip(model.layers, angles):
+        attn = layer.self_attn
+        if type(attn.q_proj) is not nn.Linear:
+            raise TypeError(f"rotate_query_pair needs merged weights; q_proj is a {type(attn.q_proj).__name__}")
+        w, d = attn.q_proj.weight, attn.config.head_dim
+        for head, angle in enumerate(row):
+            a, b = head * d + pair, head * d + pair + d // 2
+            c, s = torch.cos(torch.tensor(float(angle))), torch.sin(torch.tensor(float(angle)))
+            w[a], w[b] = c * w[a] - s * w[b], s * w[a] + c * w[b]

@@ -8,6 +8,7 @@ of keys?), the attention by key distance head by head, and each rotary frequency
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 
@@ -36,6 +37,13 @@ DISTANCE_DOCUMENTS = 4  # every run's attention by distance (sinks.distance_mass
 # the window: near, the first 4 (within the training group, a quarter of the window); far, from the 12th on (beyond
 # about 1,400 tokens at 8x, where S2-Attn's loss breaks)
 NEAR_BINS, FAR_BINS = 4, 11
+# that frequency, pair d/4 of d/2 (8 of 16 in the tiny base: sinks.rotary_phase's default), whose angle per base
+# position is 10000^(-1/2) = 0.01 radians (score_by_frequency): every run's phase there (sinks.rotary_phase), and
+# each grouped model tested with its queries at that frequency turned toward full FT's phases of the same seed
+# (t = 1: onto them, t = 2: twice as far), in every layer and in one layer at a time (t = 1), with full attention and
+# with its own pattern; and full FT turned onto the grouped model's phases. Does that one angle per head carry the
+# break, and does the grouped model's own pattern care?
+PHASE_STEPS = (1.0, 2.0)
 PAPER = {"source": "LongLoRA v3 Table 1 (PAPER.md §1), its 16384 and 32768 columns (4x and 8x Llama 2's 4096)",
          "setup": "the paper has no budget ablation: Table 1 at the same multiples (its 1000 steps) for reference.",
          "rows": [{"setting": s, "steps": 1000, "context": 4096 * f, "ppl": PAPER_PPL[s][i]}
@@ -55,6 +63,7 @@ def rows(plan: Plan, runner, seeds) -> list[dict]:
             pi = plan.rope_factor(n)  # the runs' interpolation
             for budget in T1_BUDGETS:
                 p = dataclasses.replace(plan, steps=budget * plan.steps)
+                full_run = full_phase = None
                 for setting in T1_BUDGET_SETTINGS:
                     run = runner.train(p.config(n, method="full", attention=setting, seed=seed))
                     row = {"setting": setting, "steps": p.steps, "context": n, "seed": seed,
@@ -66,13 +75,50 @@ def rows(plan: Plan, runner, seeds) -> list[dict]:
                     row["distance_mass"] = runner.distance_mass(run, n, DISTANCE_DOCUMENTS)
                     row["far_minus_near"] = runner.score_by_frequency(run, n, DISTANCE_DOCUMENTS, NEAR_BINS,
                                                                       FAR_BINS)["far_minus_near"]
+                    phase = runner.rotary_phase(run, n, DISTANCE_DOCUMENTS)
+                    row["rotary_phase"] = {k: phase[k] for k in ("phase", "magnitude")}
+                    if setting == "full":
+                        full_run, full_phase = run, phase["phase"]
+                    else:
+                        row.update(_phase_turned(runner, run, n, phase["pair"], phase["phase"], full_run,
+                                                 full_phase, setting))
                     out.append({**row, **run_fields(run)})
             if seed == seeds[0]:  # the starting point's attention: the base with the runs' interpolation
                 out.append({"setting": "base+PI", "steps": 0, "context": n, "seed": None,
                             "distance_mass": runner.distance_mass("base", n, DISTANCE_DOCUMENTS, rope_factor=pi),
                             "far_minus_near": runner.score_by_frequency("base", n, DISTANCE_DOCUMENTS, NEAR_BINS,
-                                                                        FAR_BINS, rope_factor=pi)["far_minus_near"]})
+                                                                        FAR_BINS, rope_factor=pi)["far_minus_near"],
+                            "rotary_phase": {k: v for k, v in runner.rotary_phase(
+                                "base", n, DISTANCE_DOCUMENTS, rope_factor=pi).items()
+                                if k in ("phase", "magnitude")}})
     return out
+
+
+def turn(pair: int, phase: list, target: list, t: float = 1.0, layer: int | None = None, **label) -> dict:
+    """The `rotate` of Runner._model that turns a model's queries at rotary `pair` from its phases `phase` t times
+    the way to `target` (each layers x heads, radians; the shorter way round), in every layer or in `layer` only;
+    `label` says toward what (it goes into the evaluations' cache keys)."""
+    angles = [[round(t * math.remainder(b - a, 2 * math.pi), 6) if layer in (None, i) else 0.0
+               for a, b in zip(pa, pb)] for i, (pa, pb) in enumerate(zip(phase, target))]
+    return {"pair": pair, "angles": angles, "t": t, "layer": "all" if layer is None else layer, **label}
+
+
+def _phase_turned(runner, run, n: int, pair: int, phase: list, full_run, full_phase: list, setting: str) -> dict:
+    """A grouped run's fields of the phase test (see PHASE_STEPS): its perplexity with its phases turned toward full
+    FT's (same seed) t times, with full attention and with its own pattern; turned onto them one layer at a time; its
+    loss by position turned onto them; and full FT's perplexity turned onto this run's phases."""
+    toward = "full FT's phases, same seed"
+
+    def ppl(t: float, attention: str = "full", layer: int | None = None) -> float:
+        return runner.ppl(run, n, attention, rotate=turn(pair, phase, full_phase, t, layer, toward=toward))["ppl"]
+
+    return {"phase_turned": [{"t": t, "ppl": ppl(t), "ppl_own_pattern": ppl(t, "train")} for t in PHASE_STEPS],
+            "phase_turned_by_layer": [ppl(1.0, layer=i) for i in range(len(phase))],
+            "loss_bins_phase_turned": runner.last_quarter(run, n, rotate=turn(pair, phase, full_phase, toward=toward))
+            ["loss_bins"],
+            "full_with_these_phases": runner.ppl(full_run, n, rotate=turn(pair, full_phase, phase,
+                                                                          toward=f"{setting}'s phases, same seed"))
+            ["ppl"]}
 
 
 def _paper_context(result: dict, n: int) -> int:
