@@ -3,6 +3,7 @@ the paper's numbers, rows, summary), runs are shared across tables through the c
 full-run times, and an unknown table is one `error:` line with exit code 2."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -175,6 +176,35 @@ def test_table1_budget_reuses_table1s_runs_and_doubles_the_steps(base_dir, dirs,
     assert [(r["setting"], r["context"], r["steps"]) for r in start] == [("base+PI", f * unit, 0)
                                                                          for f in rep.T1_BUDGET_FACTORS]
     assert all(sum(r["distance_mass"]["mean"]) == pytest.approx(1.0, abs=1e-6) and r["far_minus_near"] for r in start)
+    assert all(len(r["rotary_phase"]["phase"]) == layers for r in start)
+    full = {(r["seed"], r["context"], r["steps"]): r for r in rows if r["setting"] == "full"}
+    for r in rows:  # the phase test: every run's phase, each grouped one turned toward full FT's of the same seed
+        phase = r["rotary_phase"]["phase"]
+        assert [len(phase), len(phase[0])] == [layers, heads] and all(abs(p) <= math.pi for p in sum(phase, []))
+        if r["setting"] == "full":
+            assert "phase_turned" not in r
+            continue
+        assert [x["t"] for x in r["phase_turned"]] == list(rep.table1_budget.PHASE_STEPS)
+        assert all(x["ppl"] > 1 and x["ppl_own_pattern"] > 1 for x in r["phase_turned"])
+        assert len(r["phase_turned_by_layer"]) == layers and len(r["loss_bins_phase_turned"]) == rep.LOSS_BINS
+        assert r["full_with_these_phases"] > 1
+        target = full[(r["seed"], r["context"], r["steps"])]["rotary_phase"]["phase"]
+        evals = json.loads((dirs[1] / r["run"] / "evals.json").read_text())
+        turned = {(s["rotate"]["t"], s["rotate"]["layer"], s["attention"]): s["rotate"]["angles"]
+                  for s in map(json.loads, evals) if s["kind"] == "ppl" and "rotate" in s}
+        onto = [[math.remainder(b - a, 2 * math.pi) for a, b in zip(pa, pb)]
+                for pa, pb in zip(phase, target)]  # the shorter way round, onto full FT's phases (rounded to 1e-6)
+        assert turned[(1.0, "all", "full")] == turned[(1.0, "all", "train")] == [[round(a, 6) for a in row]
+                                                                                   for row in onto]
+        assert turned[(2.0, "all", "full")] == [[round(2 * a, 6) for a in row] for row in onto]
+        assert turned[(1.0, layers - 1, "full")] == [[round(a, 6) if i == layers - 1 else 0.0 for a in row]
+                                                     for i, row in enumerate(onto)]  # one layer at a time
+    got = rep.table1_budget.phase_turned(result)
+    assert set(got) == {(s, k * steps) for s in rep.table1_budget.GROUPED for k in rep.T1_BUDGETS}
+    assert all(g["closed"][0] == 0 and g["own_change"][0] == 0 for g in got.values())  # t = 0: as trained
+    fig = rep.table1_budget.plot_phase_turned(result)  # one bar per (setting, budget) and per layer and "all"
+    assert len(fig.axes[1].patches) == len(got) * (layers + 1)
+    assert len(rep.table1_budget.plot_rotary_phase(result, heads=2).axes) == 2
     for heads in (1, 2):  # the heads S2-Attn sends furthest beyond full FT: one panel each
         assert len(rep.table1_budget.plot_score_by_frequency(result, heads=heads).axes) == heads
     fig = rep.table1_budget.plot_distance_mass(result)  # at the longest context: one bar per head and setting
@@ -187,6 +217,7 @@ def test_table1_budget_reuses_table1s_runs_and_doubles_the_steps(base_dir, dirs,
     verdict = rep.table1_budget.verdict(result, cmp)  # the full file's sentence (results.verdict says "quick run")
     assert all(f"{f * unit} tokens: " in verdict for f in rep.T1_BUDGET_FACTORS)
     assert verdict.count("short attention") == len(rep.T1_BUDGET_FACTORS)  # its gap at both budgets, per context
+    assert verdict.count("slow-frequency query phases onto full FT's") == len(rep.T1_BUDGET_FACTORS)
 
 
 def test_table1_window_reuses_table1s_runs_and_full_window_is_full_attention(base_dir, dirs, capsys):

@@ -211,6 +211,30 @@ def test_attention_by_distance_is_the_mean_of_the_seeds_by_hand():
     assert parts[("s2", 800)][2, 0].tolist() == pytest.approx([sum(s[f] for s in seeds) / 3 for f in range(16)])
 
 
+def test_phase_test_is_the_mean_of_the_seeds_by_hand():
+    """table1_budget's phase test: the share of each seed's gap to full FT (same seed) closed by turning, its own
+    pattern's change, one layer at a time, and full FT turned onto the grouped phases, averaged over the seeds."""
+    budget = results.load("table1_budget", RESULTS)
+    got = rep.table1_budget.phase_turned(budget, context=2048)
+    rows = [r for r in budget["rows"] if r["context"] == 2048]
+    full = {(r["seed"], r["steps"]): r["ppl"] for r in rows if r["setting"] == "full"}
+    for (setting, steps), g in got.items():
+        seeds = [r for r in rows if (r["setting"], r["steps"]) == (setting, steps)]
+        assert len(seeds) == 3 and g["t"] == [0.0, 1.0, 2.0]
+        for i, t in enumerate(g["t"][1:], 1):
+            closed = [(r["ppl"] - r["phase_turned"][i - 1]["ppl"]) / (r["ppl"] - full[(r["seed"], steps)])
+                      for r in seeds]
+            own = [r["phase_turned"][i - 1]["ppl_own_pattern"] / r["ppl_own_pattern"] - 1 for r in seeds]
+            assert g["closed"][i] == pytest.approx(sum(closed) / 3, rel=1e-12)
+            assert g["own_change"][i] == pytest.approx(sum(own) / 3, rel=1e-12)
+        layer1 = [(r["ppl"] - r["phase_turned_by_layer"][1]) / (r["ppl"] - full[(r["seed"], steps)]) for r in seeds]
+        assert g["by_layer"][1] == pytest.approx(sum(layer1) / 3, rel=1e-12)
+        assert g["full_change"][0] == pytest.approx(
+            sum(r["full_with_these_phases"] / full[(r["seed"], steps)] - 1 for r in seeds) / 3, rel=1e-12)
+    verdict = results.verdict(budget).split("2048 tokens: ")[1]
+    assert f"closes {100 * got[('s2', 800)]['closed'][1]:.0f}% of its gap at 800 steps" in verdict
+
+
 def test_curve_gaps_pair_each_seed_with_full_attention_by_hand():
     table1 = results.load("table1", RESULTS)
     runs, gaps = table1["settings"]["runs"], results.curve_gaps(table1)

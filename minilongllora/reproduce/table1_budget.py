@@ -286,6 +286,133 @@ def plot_score_by_frequency(result: dict, context: int | None = None, heads: int
     return fig
 
 
+def phase_turned(result: dict, **match) -> dict:
+    """{(setting, steps): the phase test of a grouped setting (PHASE_STEPS), mean of the seeds} of the rows whose
+    fields equal `match`: "t" (0: as trained, then PHASE_STEPS), "ppl" and "ppl_own_pattern" at each t, "closed" (the
+    share of its gap to full FT of the same seed that turning closes, at each t), "by_layer" (that share turning one
+    layer at a time onto full FT's phases), "own_change" (its own pattern's change at each t against t = 0) and
+    "full_change" (full FT's change turned onto this setting's phases)."""
+    rs = [r for r in result["rows"] if all(r.get(k) == v for k, v in match.items())]
+    full = {(r["seed"], r["steps"], r["context"]): r["ppl"] for r in rs if r["setting"] == "full"}
+    per_seed = {}
+    for r in rs:
+        if not r.get("phase_turned"):
+            continue
+        ref = full[(r["seed"], r["steps"], r["context"])]
+        ppl = [r["ppl"]] + [x["ppl"] for x in r["phase_turned"]]
+        own = [r["ppl_own_pattern"]] + [x["ppl_own_pattern"] for x in r["phase_turned"]]
+        closed = lambda p: (r["ppl"] - p) / (r["ppl"] - ref)  # noqa: E731
+        per_seed.setdefault((r["setting"], r["steps"]), []).append({
+            "ppl": ppl, "ppl_own_pattern": own, "closed": [closed(p) for p in ppl],
+            "by_layer": [closed(p) for p in r["phase_turned_by_layer"]], "own_change": [o / own[0] - 1 for o in own],
+            "full_change": [r["full_with_these_phases"] / ref - 1]})
+    t = [0.0, *PHASE_STEPS]
+    return {key: {"t": t, **{f: [sum(col) / len(col) for col in zip(*(x[f] for x in xs))] for f in xs[0]}}
+            for key, xs in per_seed.items()}
+
+
+def plot_phase_turned(result: dict, context: int | None = None):
+    """The phase test at `context` (default the longest), mean of the seeds. Left: each grouped model's perplexity
+    with its slow-frequency query phases turned t times the way to full FT's, tested with full attention (solid) and
+    with its own pattern (dotted); full FT's own as a line. Right: the share of the gap to full FT that turning onto
+    full FT's phases closes, in every layer at once and one layer at a time, at each budget."""
+    from ..plotting import color
+
+    n = context or max(r["context"] for r in result["rows"])
+    got = phase_turned(result, context=n)
+    if not got:
+        raise ValueError(f"{result['name']}: no row at {n} tokens has the phase test")
+    fig, (a, b) = figure()
+    budgets = sorted({steps for _, steps in got})
+    for steps in budgets:
+        ls = "-" if steps == budgets[-1] else "--"
+        a.axhline(mean(result["rows"], "ppl", setting="full", steps=steps, context=n), color=color("full"), ls=ls,
+                  lw=1, label=f"full FT, {steps} steps")
+        for setting in (s for s in GROUPED if (s, steps) in got):
+            g = got[(setting, steps)]
+            a.plot(g["t"], g["ppl"], marker="o", color=color(setting), ls=ls,
+                   label=f"{setting} {steps}, full attention")
+            a.plot(g["t"], g["ppl_own_pattern"], marker="v", color=color(setting), ls=":", alpha=0.6,
+                   label=f"{setting} {steps}, own pattern")
+    a.set_xticks(got[next(iter(got))]["t"])
+    label_axes(a, f"n = {n}: the slow frequency's phases turned" + quick_note(result),
+               "t (0: as trained; 1: onto full FT's phases)", "sliding-window perplexity")
+    a.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    keys = sorted(got, key=lambda k: (k[1], k[0]))
+    width = 0.8 / len(keys)
+    for i, (setting, steps) in enumerate(keys):
+        g = got[(setting, steps)]
+        shares = [g["closed"][1]] + g["by_layer"]
+        b.bar([j + (i - len(keys) / 2 + 0.5) * width for j in range(len(shares))], [100 * v for v in shares], width,
+              color=color(setting), alpha=1.0 if steps == budgets[-1] else 0.5, label=f"{setting}, {steps} steps")
+    b.set_xticks(range(len(g["by_layer"]) + 1), ["all layers"] + [f"layer {i}" for i in range(len(g["by_layer"]))])
+    b.axhline(0, color="k", lw=0.8)
+    label_axes(b, "turned onto full FT's phases (t = 1)", "where", "share of the gap to full FT closed (%)", legend=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_rotary_phase(result: dict, context: int | None = None, heads: int = 2, theta: float = 10000.0):
+    """Where each model's window lies on the slow frequency's cosine, at `context` (default the longest), for the
+    `heads` heads whose phase S2-Attn moved furthest from full FT's (magnitude x angle, longer budget): that
+    frequency's mean part of a score against key distance, magnitude · cos(θΔ + phase) (`sinks.rotary_phase`; pair
+    d/4 turns theta^(-1/2) radians per base position, divided by the interpolation), mean of the seeds' magnitudes and
+    phases, for the base with PI, full FT, short attention and S2-Attn. Shaded: the distances a training group holds."""
+    from ..plotting import color
+
+    rs = result["rows"]
+    n = context or max(r["context"] for r in rs)
+    got = _by_setting(result, "rotary_phase", context=n)
+    if not got:
+        raise ValueError(f"{result['name']}: no row at {n} tokens has its rotary phase")
+    long = max(k[1] for k in got)
+
+    def average(key):  # the seeds' mean magnitude (layers, heads) and circular mean phase
+        xs = got[key]
+        mag = torch.tensor([x["magnitude"] for x in xs]).mean(0)
+        phase = torch.tensor([x["phase"] for x in xs])
+        return mag, torch.atan2(phase.sin().mean(0), phase.cos().mean(0))
+
+    per = {key: average(key) for key in got}
+    (mf, pf), (ms, ps) = per[("full", long)], per[("s2", long)]
+    moved = (ms * torch.remainder(ps - pf + math.pi, 2 * math.pi).sub(math.pi).abs()).flatten()
+    order = moved.argsort(descending=True)[:heads].tolist()
+    per_token = theta ** -0.5 / (n / result["settings"]["base_context"])
+    group = max(r["group_size"] or 0 for r in rs if r["context"] == n)
+    dist = torch.arange(0, n, max(1, n // 256), dtype=torch.float64)
+    fig, axes = figure(ncols=heads)
+    series = [("base+PI", 0, "gray", "base+PI")] + [(s, long, color(s), f"{s} {long}") for s in T1_BUDGET_SETTINGS]
+    for ax, flat in zip(axes, order):
+        layer, head = divmod(flat, mf.shape[1])
+        for setting, steps, c, label in (x for x in series if (x[0], x[1]) in per):
+            mag, phase = per[(setting, steps)]
+            ax.plot(dist, mag[layer, head] * torch.cos(per_token * dist + phase[layer, head]), color=c,
+                    ls="--" if setting == "base+PI" else "-", label=f"{label} (phase {phase[layer, head]:.2f})")
+        ax.axvspan(0, group, color="gray", alpha=0.12, lw=0)
+        ax.axvline(FAR_BINS * n / 16, color="gray", ls=":", lw=0.8)
+        label_axes(ax, f"n = {n}, layer {layer} head {head}: shaded, a training group" + quick_note(result),
+                   "key distance Δ (tokens)", "slow frequency's part of the score", legend=7)
+    fig.tight_layout()
+    return fig
+
+
+def _phase_text(rs: list[dict], n: int, long: int) -> str:
+    """The phase test's part of the verdict at one context and budget: the shares of the gap closed (t = 1, 2), the
+    own pattern's change, the layer that carries most, and full FT turned onto S2-Attn's phases."""
+    got = phase_turned({"rows": rs}, context=n, steps=long)
+    if ("s2", long) not in got:
+        return ""
+    s2 = got[("s2", long)]
+    layer = max(range(len(s2["by_layer"])), key=lambda i: s2["by_layer"][i])
+    text = (f"; turning S2-Attn's slow-frequency query phases onto full FT's (one angle per head, no training) closes "
+            f"{100 * s2['closed'][1]:.0f}% of its gap at {long} steps, twice as far {100 * s2['closed'][2]:.0f}% "
+            f"(layer {layer} alone {100 * s2['by_layer'][layer]:.0f}%), while its own pattern changes by "
+            f"{pct(s2['own_change'][1])} / {pct(s2['own_change'][2])}")
+    if ("short", long) in got:
+        text += f" (the short-attention model: {100 * got[('short', long)]['closed'][1]:.0f}%)"
+    return text + f"; full FT turned onto S2-Attn's phases: {pct(s2['full_change'][0])}"
+
+
 def _at(rs: list[dict], n: int, short: int, long: int) -> str:
     """One context's part of the verdict: S2-Attn against full FT at each budget, full FT's gain from the longer
     budget, and whether S2-Attn's per-seed gap changes with it."""
@@ -315,14 +442,15 @@ def _at(rs: list[dict], n: int, short: int, long: int) -> str:
         outcome += (f"; short attention {pct(sum(gaps[0]) / len(gaps[0]))} → {pct(sum(gaps[1]) / len(gaps[1]))} "
                     f"({than(resolve(gaps[1], gaps[0]), f'at {short}')}), S2-Attn at {long} steps "
                     f"{than(s2_short, 'short')}")
-    return f"{n} tokens: " + "; ".join(parts) + f"; full FT at {long} steps {than(full_gain, f'at {short}')}: {outcome}"
+    return (f"{n} tokens: " + "; ".join(parts) + f"; full FT at {long} steps {than(full_gain, f'at {short}')}: "
+            f"{outcome}" + _phase_text(rs, n, long))
 
 
 def verdict(result: dict, rows_: list[dict]) -> str:
     """Under the verdict rule (compare.resolve), at each context: S2-Attn against full-attention FT at each budget,
     full FT's gain from the longer budget, S2-Attn's per-seed gap at the longer budget against the shorter one,
-    S2-Attn tested with its own pattern at the longer budget against the shorter one, and short attention's gap at
-    both budgets and against S2-Attn at the longer one."""
+    S2-Attn tested with its own pattern at the longer budget against the shorter one, short attention's gap at
+    both budgets and against S2-Attn at the longer one, and the phase test at the longer budget (`_phase_text`)."""
     rs = result["rows"]
     short, long = min(r["steps"] for r in rs), max(r["steps"] for r in rs)
     contexts = sorted({r["context"] for r in rs})
