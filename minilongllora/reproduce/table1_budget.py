@@ -301,11 +301,11 @@ def phase_turned(result: dict, **match) -> dict:
         ref = full[(r["seed"], r["steps"], r["context"])]
         ppl = [r["ppl"]] + [x["ppl"] for x in r["phase_turned"]]
         own = [r["ppl_own_pattern"]] + [x["ppl_own_pattern"] for x in r["phase_turned"]]
-        closed = lambda p: (r["ppl"] - p) / (r["ppl"] - ref)  # noqa: E731
+        gap = r["ppl"] - ref
         per_seed.setdefault((r["setting"], r["steps"]), []).append({
-            "ppl": ppl, "ppl_own_pattern": own, "closed": [closed(p) for p in ppl],
-            "by_layer": [closed(p) for p in r["phase_turned_by_layer"]], "own_change": [o / own[0] - 1 for o in own],
-            "full_change": [r["full_with_these_phases"] / ref - 1]})
+            "ppl": ppl, "ppl_own_pattern": own, "closed": [(r["ppl"] - p) / gap for p in ppl],
+            "by_layer": [(r["ppl"] - p) / gap for p in r["phase_turned_by_layer"]],
+            "own_change": [o / own[0] - 1 for o in own], "full_change": [r["full_with_these_phases"] / ref - 1]})
     t = [0.0, *PHASE_STEPS]
     return {key: {"t": t, **{f: [sum(col) / len(col) for col in zip(*(x[f] for x in xs))] for f in xs[0]}}
             for key, xs in per_seed.items()}
