@@ -187,16 +187,23 @@ def test_table1_budget_reuses_table1s_runs_and_doubles_the_steps(base_dir, dirs,
         assert [x["t"] for x in r["phase_turned"]] == list(rep.table1_budget.PHASE_STEPS)
         assert all(x["ppl"] > 1 and x["ppl_own_pattern"] > 1 for x in r["phase_turned"])
         assert len(r["phase_turned_by_layer"]) == layers and len(r["loss_bins_phase_turned"]) == rep.LOSS_BINS
-        assert r["full_with_these_phases"] > 1
+        assert r["full_with_these_phases"] > 1 and r["phase_to_base"]["ppl"] > 1
+        assert r["phase_to_base"]["ppl_own_pattern"] > 1
         target = full[(r["seed"], r["context"], r["steps"])]["rotary_phase"]["phase"]
         evals = json.loads((dirs[1] / r["run"] / "evals.json").read_text())
         turned = {(s["rotate"]["t"], s["rotate"]["layer"], s["attention"]): s["rotate"]["angles"]
-                  for s in map(json.loads, evals) if s["kind"] == "ppl" and "rotate" in s}
+                  for s in map(json.loads, evals) if s["kind"] == "ppl"
+                  and s.get("rotate", {}).get("toward") == "full FT's phases, same seed"}
         onto = [[math.remainder(b - a, 2 * math.pi) for a, b in zip(pa, pb)]
                 for pa, pb in zip(phase, target)]  # the shorter way round, onto full FT's phases (rounded to 1e-6)
         assert turned[(1.0, "all", "full")] == turned[(1.0, "all", "train")] == [[round(a, 6) for a in row]
                                                                                    for row in onto]
         assert turned[(2.0, "all", "full")] == [[round(2 * a, 6) for a in row] for row in onto]
+        base = next(x for x in start if x["context"] == r["context"])["rotary_phase"]["phase"]
+        back = [s["rotate"]["angles"] for s in map(json.loads, evals) if s["kind"] == "ppl"
+                and s.get("rotate", {}).get("toward") == "the base's phases with PI"]
+        assert back == 2 * [[[round(math.remainder(b - a, 2 * math.pi), 6) for a, b in zip(pa, pb)]
+                             for pa, pb in zip(phase, base)]]  # full attention and the own pattern
         assert turned[(1.0, layers - 1, "full")] == [[round(a, 6) if i == layers - 1 else 0.0 for a in row]
                                                      for i, row in enumerate(onto)]  # one layer at a time
     got = rep.table1_budget.phase_turned(result)

@@ -61,6 +61,7 @@ def rows(plan: Plan, runner, seeds) -> list[dict]:
         for factor in T1_BUDGET_FACTORS:
             n = plan.context(factor)
             pi = plan.rope_factor(n)  # the runs' interpolation
+            base_phase = runner.rotary_phase("base", n, DISTANCE_DOCUMENTS, rope_factor=pi)["phase"]
             for budget in T1_BUDGETS:
                 p = dataclasses.replace(plan, steps=budget * plan.steps)
                 full_run = full_phase = None
@@ -81,7 +82,7 @@ def rows(plan: Plan, runner, seeds) -> list[dict]:
                         full_run, full_phase = run, phase["phase"]
                     else:
                         row.update(_phase_turned(runner, run, n, phase["pair"], phase["phase"], full_run,
-                                                 full_phase, setting))
+                                                 full_phase, base_phase, setting))
                     out.append({**row, **run_fields(run)})
             if seed == seeds[0]:  # the starting point's attention: the base with the runs' interpolation
                 out.append({"setting": "base+PI", "steps": 0, "context": n, "seed": None,
@@ -103,10 +104,12 @@ def turn(pair: int, phase: list, target: list, t: float = 1.0, layer: int | None
     return {"pair": pair, "angles": angles, "t": t, "layer": "all" if layer is None else layer, **label}
 
 
-def _phase_turned(runner, run, n: int, pair: int, phase: list, full_run, full_phase: list, setting: str) -> dict:
+def _phase_turned(runner, run, n: int, pair: int, phase: list, full_run, full_phase: list, base_phase: list,
+                  setting: str) -> dict:
     """A grouped run's fields of the phase test (see PHASE_STEPS): its perplexity with its phases turned toward full
     FT's (same seed) t times, with full attention and with its own pattern; turned onto them one layer at a time; its
-    loss by position turned onto them; and full FT's perplexity turned onto this run's phases."""
+    loss by position turned onto them; full FT's perplexity turned onto this run's phases; and its perplexities turned
+    back onto the base's phases (with the same interpolation): a repair that needs no full-attention model."""
     toward = "full FT's phases, same seed"
 
     def ppl(t: float, attention: str = "full", layer: int | None = None) -> float:
@@ -118,7 +121,10 @@ def _phase_turned(runner, run, n: int, pair: int, phase: list, full_run, full_ph
             ["loss_bins"],
             "full_with_these_phases": runner.ppl(full_run, n, rotate=turn(pair, full_phase, phase,
                                                                           toward=f"{setting}'s phases, same seed"))
-            ["ppl"]}
+            ["ppl"],
+            "phase_to_base": {f: runner.ppl(run, n, attention, rotate=turn(pair, phase, base_phase,
+                                                                           toward="the base's phases with PI"))["ppl"]
+                              for f, attention in (("ppl", "full"), ("ppl_own_pattern", "train"))}}
 
 
 def _paper_context(result: dict, n: int) -> int:
@@ -290,8 +296,9 @@ def phase_turned(result: dict, **match) -> dict:
     """{(setting, steps): the phase test of a grouped setting (PHASE_STEPS), mean of the seeds} of the rows whose
     fields equal `match`: "t" (0: as trained, then PHASE_STEPS), "ppl" and "ppl_own_pattern" at each t, "closed" (the
     share of its gap to full FT of the same seed that turning closes, at each t), "by_layer" (that share turning one
-    layer at a time onto full FT's phases), "own_change" (its own pattern's change at each t against t = 0) and
-    "full_change" (full FT's change turned onto this setting's phases)."""
+    layer at a time onto full FT's phases), "own_change" (its own pattern's change at each t against t = 0),
+    "full_change" (full FT's change turned onto this setting's phases), and "base_closed" and "base_own_change" (the
+    same two turned back onto the base's phases instead)."""
     rs = [r for r in result["rows"] if all(r.get(k) == v for k, v in match.items())]
     full = {(r["seed"], r["steps"], r["context"]): r["ppl"] for r in rs if r["setting"] == "full"}
     per_seed = {}
@@ -305,7 +312,10 @@ def phase_turned(result: dict, **match) -> dict:
         per_seed.setdefault((r["setting"], r["steps"]), []).append({
             "ppl": ppl, "ppl_own_pattern": own, "closed": [(r["ppl"] - p) / gap for p in ppl],
             "by_layer": [(r["ppl"] - p) / gap for p in r["phase_turned_by_layer"]],
-            "own_change": [o / own[0] - 1 for o in own], "full_change": [r["full_with_these_phases"] / ref - 1]})
+            "own_change": [o / own[0] - 1 for o in own], "full_change": [r["full_with_these_phases"] / ref - 1],
+            **({} if "phase_to_base" not in r else {  # recorded since the repair onto the base's phases was added
+                "base_closed": [(r["ppl"] - r["phase_to_base"]["ppl"]) / gap],
+                "base_own_change": [r["phase_to_base"]["ppl_own_pattern"] / own[0] - 1]})})
     t = [0.0, *PHASE_STEPS]
     return {key: {"t": t, **{f: [sum(col) / len(col) for col in zip(*(x[f] for x in xs))] for f in xs[0]}}
             for key, xs in per_seed.items()}
@@ -398,7 +408,8 @@ def plot_rotary_phase(result: dict, context: int | None = None, heads: int = 2, 
 
 def _phase_text(rs: list[dict], n: int, long: int) -> str:
     """The phase test's part of the verdict at one context and budget: the shares of the gap closed (t = 1, 2), the
-    own pattern's change, the layer that carries most, and full FT turned onto S2-Attn's phases."""
+    own pattern's change, the layer that carries most, full FT turned onto S2-Attn's phases, and S2-Attn turned back
+    onto the base's."""
     got = phase_turned({"rows": rs}, context=n, steps=long)
     if ("s2", long) not in got:
         return ""
@@ -410,7 +421,11 @@ def _phase_text(rs: list[dict], n: int, long: int) -> str:
             f"{pct(s2['own_change'][1])} / {pct(s2['own_change'][2])}")
     if ("short", long) in got:
         text += f" (the short-attention model: {100 * got[('short', long)]['closed'][1]:.0f}%)"
-    return text + f"; full FT turned onto S2-Attn's phases: {pct(s2['full_change'][0])}"
+    text += f"; full FT turned onto S2-Attn's phases: {pct(s2['full_change'][0])}"
+    if "base_closed" in s2:  # files recorded since the repair onto the base's phases was added
+        text += (f"; S2-Attn turned back onto the base's phases instead (no full-attention model needed) closes "
+                 f"{100 * s2['base_closed'][0]:.0f}%, its own pattern {pct(s2['base_own_change'][0])}")
+    return text
 
 
 def _at(rs: list[dict], n: int, short: int, long: int) -> str:
