@@ -163,9 +163,9 @@ def rotary_phase(model, documents: list[torch.Tensor], pair: int | None = None, 
     """Rotary frequency `pair`'s mean query-key product C = mean(q) · conj(mean(k)) (default pair d/4: 10000^(-1/2)
     radians per position whatever d), each head's pair of dimensions (pair, pair + d/2) read as one complex number
     before rotation, over the window's last 1/bins queries and all its keys, averaged over `documents`: layers x
-    heads. That frequency's part of those queries' scores at distance Δ is
-    then, on average, |C| cos(θΔ + arg C)/√d: "phase" (arg C, radians) says where on that cosine the window lies and
-    "magnitude" (|C|/√d) how much it weighs (rotate-half layout, θ the pair's angle per token)."""
+    heads. That frequency's part of those queries' scores at distance Δ is then, on average, |C| cos(θΔ + arg C)/√d:
+    "phase" (arg C, radians) says where on that cosine the window lies and "magnitude" (|C|/√d) how much it weighs
+    (rotate-half layout, θ the pair's angle per token)."""
     total, d = None, model.layers[0].self_attn.config.head_dim
     pair = d // 4 if pair is None else pair
     for doc in documents:

@@ -41,8 +41,9 @@ NEAR_BINS, FAR_BINS = 4, 11
 # position is 10000^(-1/2) = 0.01 radians (score_by_frequency): every run's phase there (sinks.rotary_phase), and
 # each grouped model tested with its queries at that frequency turned toward full FT's phases of the same seed
 # (t = 1: onto them, t = 2: twice as far), in every layer and in one layer at a time (t = 1), with full attention and
-# with its own pattern; and full FT turned onto the grouped model's phases. Does that one angle per head carry the
-# break, and does the grouped model's own pattern care?
+# with its own pattern; full FT turned onto the grouped model's phases; and the grouped model turned back onto the
+# base's phases (a repair that needs no full-attention model). Does that one angle per head carry the break, and does
+# the grouped model's own pattern care?
 PHASE_STEPS = (1.0, 2.0)
 PAPER = {"source": "LongLoRA v3 Table 1 (PAPER.md §1), its 16384 and 32768 columns (4x and 8x Llama 2's 4096)",
          "setup": "the paper has no budget ablation: Table 1 at the same multiples (its 1000 steps) for reference.",
@@ -61,7 +62,7 @@ def rows(plan: Plan, runner, seeds) -> list[dict]:
         for factor in T1_BUDGET_FACTORS:
             n = plan.context(factor)
             pi = plan.rope_factor(n)  # the runs' interpolation
-            base_phase = runner.rotary_phase("base", n, DISTANCE_DOCUMENTS, rope_factor=pi)["phase"]
+            base_phase = _phase_fields(runner.rotary_phase("base", n, DISTANCE_DOCUMENTS, rope_factor=pi))
             for budget in T1_BUDGETS:
                 p = dataclasses.replace(plan, steps=budget * plan.steps)
                 full_run = full_phase = None
@@ -77,22 +78,25 @@ def rows(plan: Plan, runner, seeds) -> list[dict]:
                     row["far_minus_near"] = runner.score_by_frequency(run, n, DISTANCE_DOCUMENTS, NEAR_BINS,
                                                                       FAR_BINS)["far_minus_near"]
                     phase = runner.rotary_phase(run, n, DISTANCE_DOCUMENTS)
-                    row["rotary_phase"] = {k: phase[k] for k in ("phase", "magnitude")}
+                    row["rotary_phase"] = _phase_fields(phase)
                     if setting == "full":
                         full_run, full_phase = run, phase["phase"]
                     else:
                         row.update(_phase_turned(runner, run, n, phase["pair"], phase["phase"], full_run,
-                                                 full_phase, base_phase, setting))
+                                                 full_phase, base_phase["phase"], setting))
                     out.append({**row, **run_fields(run)})
             if seed == seeds[0]:  # the starting point's attention: the base with the runs' interpolation
                 out.append({"setting": "base+PI", "steps": 0, "context": n, "seed": None,
                             "distance_mass": runner.distance_mass("base", n, DISTANCE_DOCUMENTS, rope_factor=pi),
                             "far_minus_near": runner.score_by_frequency("base", n, DISTANCE_DOCUMENTS, NEAR_BINS,
                                                                         FAR_BINS, rope_factor=pi)["far_minus_near"],
-                            "rotary_phase": {k: v for k, v in runner.rotary_phase(
-                                "base", n, DISTANCE_DOCUMENTS, rope_factor=pi).items()
-                                if k in ("phase", "magnitude")}})
+                            "rotary_phase": base_phase})
     return out
+
+
+def _phase_fields(phase: dict) -> dict:
+    """The two fields of sinks.rotary_phase that a row keeps (layers x heads each)."""
+    return {"phase": phase["phase"], "magnitude": phase["magnitude"]}
 
 
 def turn(pair: int, phase: list, target: list, t: float = 1.0, layer: int | None = None, **label) -> dict:
