@@ -193,15 +193,20 @@ def test_table1_budget_reuses_table1s_runs_and_doubles_the_steps(base_dir, dirs,
         evals = json.loads((dirs[1] / r["run"] / "evals.json").read_text())
         turned = {(s["rotate"]["t"], s["rotate"]["layer"], s["attention"]): s["rotate"]["angles"]
                   for s in map(json.loads, evals) if s["kind"] == "ppl"
-                  and s.get("rotate", {}).get("toward") == "full FT's phases, same seed"}
+                  and isinstance(s.get("rotate"), dict) and s["rotate"]["toward"] == "full FT's phases, same seed"}
         onto = [[math.remainder(b - a, 2 * math.pi) for a, b in zip(pa, pb)]
                 for pa, pb in zip(phase, target)]  # the shorter way round, onto full FT's phases (rounded to 1e-6)
         assert turned[(1.0, "all", "full")] == turned[(1.0, "all", "train")] == [[round(a, 6) for a in row]
                                                                                    for row in onto]
         assert turned[(2.0, "all", "full")] == [[round(2 * a, 6) for a in row] for row in onto]
+        pair = r["phase_turned_slow"]["pairs"][1]  # d/4 and its two neighbours, turned at once
+        assert r["phase_turned_slow"]["pairs"] == [pair - 1, pair, pair + 1] and r["phase_turned_slow"]["ppl"] > 1
+        slow = next(s["rotate"] for s in map(json.loads, evals) if isinstance(s.get("rotate"), list))
+        assert [e["pair"] for e in slow] == [pair - 1, pair, pair + 1] and slow[1]["angles"] == turned[(1.0, "all",
+                                                                                                         "full")]
         base = next(x for x in start if x["context"] == r["context"])["rotary_phase"]["phase"]
         back = [s["rotate"]["angles"] for s in map(json.loads, evals) if s["kind"] == "ppl"
-                and s.get("rotate", {}).get("toward") == "the base's phases with PI"]
+                and isinstance(s.get("rotate"), dict) and s["rotate"]["toward"] == "the base's phases with PI"]
         assert back == 2 * [[[round(math.remainder(b - a, 2 * math.pi), 6) for a, b in zip(pa, pb)]
                              for pa, pb in zip(phase, base)]]  # full attention and the own pattern
         assert turned[(1.0, layers - 1, "full")] == [[round(a, 6) if i == layers - 1 else 0.0 for a in row]

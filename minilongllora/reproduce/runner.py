@@ -125,10 +125,12 @@ class Runner:
             write_json(path, cache, default=jsonable)
         return cache[key]
 
-    def _model(self, source, attention: str = "full", rope_factor: float | None = None, rotate: dict | None = None):
+    def _model(self, source, attention: str = "full", rope_factor: float | None = None,
+               rotate: dict | list | None = None):
         """The model of a run (or "base") for testing: full attention; "train": its own training pattern; "local F":
         a sliding window of F x the evaluated length; a key test of sinks.py ("no_first K", "window_sinks F K", …).
-        `rotate` ({"pair", "angles", …}): its queries at that rotary frequency turned (`sinks.rotate_query_pair`)."""
+        `rotate` ({"pair", "angles", …}, or a list of them): its queries at that rotary frequency turned
+        (`sinks.rotate_query_pair`)."""
         overrides = {} if rope_factor is None else {"rope_scaling": linear_scaling(rope_factor)}
         if source != "base" and attention == "train":
             cfg = source["config"]
@@ -137,8 +139,8 @@ class Runner:
         elif attention.startswith("local "):  # "local F": a sliding window of F x the evaluated length
             overrides.update(attention="local", group_size_ratio=float(attention.split()[1]), eval_attention="train")
         model = from_hf(self.plan.base if source == "base" else source["final"], **overrides).eval()
-        if rotate is not None:
-            rotate_query_pair(model, rotate["pair"], rotate["angles"])
+        for edit in [] if rotate is None else rotate if isinstance(rotate, list) else [rotate]:
+            rotate_query_pair(model, edit["pair"], edit["angles"])
         if attention.split()[0] in KEY_TESTS and attention != "full":
             return KeyMasked(model, attention).eval()
         return model
@@ -149,7 +151,7 @@ class Runner:
         return self._split_docs[split]
 
     def ppl(self, run, n: int, attention: str = "full", rope_factor: float | None = None,
-            split: str = "validation", rotate: dict | None = None) -> dict:
+            split: str = "validation", rotate: dict | list | None = None) -> dict:
         """Sliding-window perplexity of a run (or of "base", with linear PI by `rope_factor` where given; `rotate`:
         see `_model`)."""
         spec = {"kind": "ppl", "n": n, "stride": min(STRIDE, n), "windows": self.plan.ppl_windows,

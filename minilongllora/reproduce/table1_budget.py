@@ -42,8 +42,8 @@ NEAR_BINS, FAR_BINS = 4, 11
 # each grouped model tested with its queries at that frequency turned toward full FT's phases of the same seed
 # (t = 1: onto them, t = 2: twice as far), in every layer and in one layer at a time (t = 1), with full attention and
 # with its own pattern; full FT turned onto the grouped model's phases; and the grouped model turned back onto the
-# base's phases (a repair that needs no full-attention model). Does that one angle per head carry the break, and does
-# the grouped model's own pattern care?
+# base's phases (a repair that needs no full-attention model); and the pair with its two neighbours turned at once.
+# Does that one angle per head carry the break, and does the grouped model's own pattern care?
 PHASE_STEPS = (1.0, 2.0)
 PAPER = {"source": "LongLoRA v3 Table 1 (PAPER.md §1), its 16384 and 32768 columns (4x and 8x Llama 2's 4096)",
          "setup": "the paper has no budget ablation: Table 1 at the same multiples (its 1000 steps) for reference.",
@@ -65,7 +65,7 @@ def rows(plan: Plan, runner, seeds) -> list[dict]:
             base_phase = _phase_fields(runner.rotary_phase("base", n, DISTANCE_DOCUMENTS, rope_factor=pi))
             for budget in T1_BUDGETS:
                 p = dataclasses.replace(plan, steps=budget * plan.steps)
-                full_run = full_phase = None
+                full_run = full_phases = None
                 for setting in T1_BUDGET_SETTINGS:
                     run = runner.train(p.config(n, method="full", attention=setting, seed=seed))
                     row = {"setting": setting, "steps": p.steps, "context": n, "seed": seed,
@@ -79,11 +79,14 @@ def rows(plan: Plan, runner, seeds) -> list[dict]:
                                                                       FAR_BINS)["far_minus_near"]
                     phase = runner.rotary_phase(run, n, DISTANCE_DOCUMENTS)
                     row["rotary_phase"] = _phase_fields(phase)
+                    # the phases of its slow neighbours too: {pair: layers x heads}, the middle one the test's
+                    phases = {q: runner.rotary_phase(run, n, DISTANCE_DOCUMENTS, q)["phase"]
+                              for q in (phase["pair"] - 1, phase["pair"] + 1)} | {phase["pair"]: phase["phase"]}
                     if setting == "full":
-                        full_run, full_phase = run, phase["phase"]
+                        full_run, full_phases = run, phases
                     else:
-                        row.update(_phase_turned(runner, run, n, phase["pair"], phase["phase"], full_run,
-                                                 full_phase, base_phase["phase"], setting))
+                        row.update(_phase_turned(runner, run, n, phase["pair"], phases, full_run, full_phases,
+                                                 base_phase["phase"], setting))
                     out.append({**row, **run_fields(run)})
             if seed == seeds[0]:  # the starting point's attention: the base with the runs' interpolation
                 out.append({"setting": "base+PI", "steps": 0, "context": n, "seed": None,
@@ -108,17 +111,20 @@ def turn(pair: int, phase: list, target: list, t: float = 1.0, layer: int | None
     return {"pair": pair, "angles": angles, "t": t, "layer": "all" if layer is None else layer, **label}
 
 
-def _phase_turned(runner, run, n: int, pair: int, phase: list, full_run, full_phase: list, base_phase: list,
+def _phase_turned(runner, run, n: int, pair: int, phases: dict, full_run, full_phases: dict, base_phase: list,
                   setting: str) -> dict:
-    """A grouped run's fields of the phase test (see PHASE_STEPS): its perplexity with its phases turned toward full
-    FT's (same seed) t times, with full attention and with its own pattern; turned onto them one layer at a time; its
-    loss by position turned onto them; full FT's perplexity turned onto this run's phases; and its perplexities turned
-    back onto the base's phases (with the same interpolation): a repair that needs no full-attention model."""
-    toward = "full FT's phases, same seed"
+    """A grouped run's fields of the phase test (see PHASE_STEPS; `phases` and `full_phases`: {pair: layers x heads}
+    for `pair` and its two neighbours): its perplexity with its phases at `pair` turned toward full FT's (same seed)
+    t times, with full attention and with its own pattern; turned onto them one layer at a time; its loss by position
+    turned onto them; full FT's perplexity turned onto this run's phases; its perplexities turned back onto the base's
+    phases (with the same interpolation), a repair that needs no full-attention model; and its perplexities with the
+    three slow pairs turned onto full FT's phases at once."""
+    toward, phase, full_phase = "full FT's phases, same seed", phases[pair], full_phases[pair]
 
     def ppl(t: float, attention: str = "full", layer: int | None = None) -> float:
         return runner.ppl(run, n, attention, rotate=turn(pair, phase, full_phase, t, layer, toward=toward))["ppl"]
 
+    slow = [turn(q, phases[q], full_phases[q], toward=toward) for q in sorted(phases)]  # one edit per pair
     return {"phase_turned": [{"t": t, "ppl": ppl(t), "ppl_own_pattern": ppl(t, "train")} for t in PHASE_STEPS],
             "phase_turned_by_layer": [ppl(1.0, layer=i) for i in range(len(phase))],
             "loss_bins_phase_turned": runner.last_quarter(run, n, rotate=turn(pair, phase, full_phase, toward=toward))
@@ -128,7 +134,10 @@ def _phase_turned(runner, run, n: int, pair: int, phase: list, full_run, full_ph
             ["ppl"],
             "phase_to_base": {f: runner.ppl(run, n, attention, rotate=turn(pair, phase, base_phase,
                                                                            toward="the base's phases with PI"))["ppl"]
-                              for f, attention in (("ppl", "full"), ("ppl_own_pattern", "train"))}}
+                              for f, attention in (("ppl", "full"), ("ppl_own_pattern", "train"))},
+            "phase_turned_slow": {"pairs": sorted(phases), **{f: runner.ppl(run, n, attention, rotate=slow)["ppl"]
+                                                             for f, attention in (("ppl", "full"),
+                                                                                  ("ppl_own_pattern", "train"))}}}
 
 
 def _paper_context(result: dict, n: int) -> int:
@@ -301,8 +310,9 @@ def phase_turned(result: dict, **match) -> dict:
     fields equal `match`: "t" (0: as trained, then PHASE_STEPS), "ppl" and "ppl_own_pattern" at each t, "closed" (the
     share of its gap to full FT of the same seed that turning closes, at each t), "by_layer" (that share turning one
     layer at a time onto full FT's phases), "own_change" (its own pattern's change at each t against t = 0),
-    "full_change" (full FT's change turned onto this setting's phases), and "base_closed" and "base_own_change" (the
-    same two turned back onto the base's phases instead)."""
+    "full_change" (full FT's change turned onto this setting's phases), "base_closed" and "base_own_change" (the
+    same two turned back onto the base's phases instead), and "slow_closed" and "slow_own_change" (the same two with
+    the three slow pairs turned onto full FT's phases)."""
     rs = [r for r in result["rows"] if all(r.get(k) == v for k, v in match.items())]
     full = {(r["seed"], r["steps"], r["context"]): r["ppl"] for r in rs if r["setting"] == "full"}
     per_seed = {}
@@ -319,7 +329,10 @@ def phase_turned(result: dict, **match) -> dict:
             "own_change": [o / own[0] - 1 for o in own], "full_change": [r["full_with_these_phases"] / ref - 1],
             **({} if "phase_to_base" not in r else {  # recorded since the repair onto the base's phases was added
                 "base_closed": [(r["ppl"] - r["phase_to_base"]["ppl"]) / gap],
-                "base_own_change": [r["phase_to_base"]["ppl_own_pattern"] / own[0] - 1]})})
+                "base_own_change": [r["phase_to_base"]["ppl_own_pattern"] / own[0] - 1]}),
+            **({} if "phase_turned_slow" not in r else {  # recorded since the three slow pairs were added
+                "slow_closed": [(r["ppl"] - r["phase_turned_slow"]["ppl"]) / gap],
+                "slow_own_change": [r["phase_turned_slow"]["ppl_own_pattern"] / own[0] - 1]})})
     t = [0.0, *PHASE_STEPS]
     return {key: {"t": t, **{f: [sum(col) / len(col) for col in zip(*(x[f] for x in xs))] for f in xs[0]}}
             for key, xs in per_seed.items()}
@@ -429,6 +442,9 @@ def _phase_text(rs: list[dict], n: int, long: int) -> str:
     if "base_closed" in s2:  # files recorded since the repair onto the base's phases was added
         text += (f"; S2-Attn turned back onto the base's phases instead (no full-attention model needed) closes "
                  f"{100 * s2['base_closed'][0]:.0f}%, its own pattern {pct(s2['base_own_change'][0])}")
+    if "slow_closed" in s2:  # files recorded since the three slow pairs were added
+        text += (f"; that pair and its two neighbours turned onto full FT's phases at once close "
+                 f"{100 * s2['slow_closed'][0]:.0f}%, its own pattern {pct(s2['slow_own_change'][0])}")
     return text
 
 
