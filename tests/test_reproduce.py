@@ -214,8 +214,8 @@ def test_table1_budget_reuses_table1s_runs_and_doubles_the_steps(base_dir, dirs,
     got = rep.table1_budget.phase_turned(result)
     assert set(got) == {(s, k * steps) for s in rep.table1_budget.GROUPED for k in rep.T1_BUDGETS}
     assert all(g["closed"][0] == 0 and g["own_change"][0] == 0 for g in got.values())  # t = 0: as trained
-    fig = rep.table1_budget.plot_phase_turned(result)  # one bar per (setting, budget) and per layer and "all"
-    assert len(fig.axes[1].patches) == len(got) * (layers + 1)
+    fig = rep.table1_budget.plot_phase_turned(result)  # one bar per (setting, budget) and edit: all layers, each
+    assert len(fig.axes[1].patches) == len(got) * (layers + 3)  # layer, with the 2 neighbours, onto the base's
     assert len(rep.table1_budget.plot_rotary_phase(result, heads=2).axes) == 2
     for heads in (1, 2):  # the heads S2-Attn sends furthest beyond full FT: one panel each
         assert len(rep.table1_budget.plot_score_by_frequency(result, heads=heads).axes) == heads

@@ -233,6 +233,8 @@ def test_phase_test_is_the_mean_of_the_seeds_by_hand():
             sum(r["full_with_these_phases"] / full[(r["seed"], steps)] - 1 for r in seeds) / 3, rel=1e-12)
         assert g["base_closed"][0] == pytest.approx(sum((r["ppl"] - r["phase_to_base"]["ppl"])
                                                         / (r["ppl"] - full[(r["seed"], steps)]) for r in seeds) / 3)
+        assert g["slow_closed"][0] == pytest.approx(sum((r["ppl"] - r["phase_turned_slow"]["ppl"])
+                                                        / (r["ppl"] - full[(r["seed"], steps)]) for r in seeds) / 3)
     verdict = results.verdict(budget).split("2048 tokens: ")[1]
     assert f"closes {100 * got[('s2', 800)]['closed'][1]:.0f}% of its gap at 800 steps" in verdict
 

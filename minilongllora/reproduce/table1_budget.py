@@ -342,7 +342,8 @@ def plot_phase_turned(result: dict, context: int | None = None):
     """The phase test at `context` (default the longest), mean of the seeds. Left: each grouped model's perplexity
     with its slow-frequency query phases turned t times the way to full FT's, tested with full attention (solid) and
     with its own pattern (dotted); full FT's own as a line. Right: the share of the gap to full FT that turning onto
-    full FT's phases closes, in every layer at once and one layer at a time, at each budget."""
+    full FT's phases closes, in every layer at once, one layer at a time, and with the pair's two neighbours, and
+    that turning back onto the base's phases closes, at each budget."""
     from ..plotting import color
 
     n = context or max(r["context"] for r in result["rows"])
@@ -367,14 +368,18 @@ def plot_phase_turned(result: dict, context: int | None = None):
     a.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     keys = sorted(got, key=lambda k: (k[1], k[0]))
     width = 0.8 / len(keys)
+    extra = [(f, name) for f, name in (("slow_closed", "pair ± 1"), ("base_closed", "onto\nbase's"))
+             if all(f in g for g in got.values())]  # files recorded before these edits lack them
     for i, (setting, steps) in enumerate(keys):
         g = got[(setting, steps)]
-        shares = [g["closed"][1]] + g["by_layer"]
+        shares = [g["closed"][1]] + g["by_layer"] + [g[f][0] for f, _ in extra]
         b.bar([j + (i - len(keys) / 2 + 0.5) * width for j in range(len(shares))], [100 * v for v in shares], width,
               color=color(setting), alpha=1.0 if steps == budgets[-1] else 0.5, label=f"{setting}, {steps} steps")
-    b.set_xticks(range(len(g["by_layer"]) + 1), ["all layers"] + [f"layer {i}" for i in range(len(g["by_layer"]))])
+    names = ["all layers"] + [f"layer {i}" for i in range(len(g["by_layer"]))] + [name for _, name in extra]
+    b.set_xticks(range(len(names)), names, fontsize=7)
     b.axhline(0, color="k", lw=0.8)
-    label_axes(b, "turned onto full FT's phases (t = 1)", "where", "share of the gap to full FT closed (%)", legend=7)
+    label_axes(b, "turned onto full FT's phases (t = 1), or onto the base's", "which heads and pairs",
+               "share of the gap to full FT closed (%)", legend=7)
     fig.tight_layout()
     return fig
 
