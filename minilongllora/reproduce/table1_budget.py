@@ -2,8 +2,9 @@
 and with twice it (800 steps: 9.5% of the base's pretraining tokens, past the regime's 5% cap): does S2-Attn's gap
 shrink once full-attention fine-tuning has flattened, as it does at 2x within the budget? And where a grouped model
 breaks, it looks inside without retraining: the loss by position with the interpolation stretched (distance or number
-of keys?), the attention by key distance head by head, and each rotary frequency's part of a far key's score
-(notebook 08, §8.3)."""
+of keys?), the attention by key distance head by head, each rotary frequency's part of a far key's score, and the
+phase test: a slow frequency's query phases turned by a weight edit onto full FT's, tested with full attention and with
+the model's own pattern (notebook 08, §8.3)."""
 
 from __future__ import annotations
 
@@ -54,9 +55,10 @@ PAPER = {"source": "LongLoRA v3 Table 1 (PAPER.md §1), its 16384 and 32768 colu
 def rows(plan: Plan, runner, seeds) -> list[dict]:
     """Each seed's full-attention FT, short-attention and S2-Attn run at each context with each budget, the grouped
     ones also tested with their own pattern, every run's loss by position also with its interpolation stretched by
-    PI_STRETCH, and where the window's last queries attend (by distance, `distance_mass`) and why
-    (`score_by_frequency`); the curve is recorded every `plan.curve_every` steps in both, so the two budgets' curves
-    share their first points."""
+    PI_STRETCH, where the window's last queries attend (by distance, `distance_mass`) and why
+    (`score_by_frequency`), every run's slow-frequency phases (`sinks.rotary_phase`) and each grouped run's phase test
+    (`_phase_turned`); the curve is recorded every `plan.curve_every` steps in both, so the two budgets' curves share
+    their first points."""
     out = []
     for seed in seeds:
         for factor in T1_BUDGET_FACTORS:
