@@ -67,6 +67,12 @@ def run_key(cfg: TrainConfig, fingerprint: str) -> str:
     return _sha({"config": d, "base": fingerprint})
 
 
+def _given(**fields) -> dict:
+    """The fields that are not None: an evaluation's optional settings enter its cache key only when given, so the
+    keys of evaluations made before a setting existed stay valid."""
+    return {k: v for k, v in fields.items() if v is not None}
+
+
 def run_fields(run: dict) -> dict:
     """The fields of a table row that say which run it comes from."""
     return {"run": run["key"], "train_loss": run["loss"], "train_seconds": run["train_seconds"],
@@ -139,8 +145,9 @@ class Runner:
         elif attention.startswith("local "):  # "local F": a sliding window of F x the evaluated length
             overrides.update(attention="local", group_size_ratio=float(attention.split()[1]), eval_attention="train")
         model = from_hf(self.plan.base if source == "base" else source["final"], **overrides).eval()
-        for edit in [] if rotate is None else rotate if isinstance(rotate, list) else [rotate]:
-            rotate_query_pair(model, edit["pair"], edit["angles"])
+        if rotate is not None:
+            for edit in rotate if isinstance(rotate, list) else [rotate]:
+                rotate_query_pair(model, edit["pair"], edit["angles"])
         if attention.split()[0] in KEY_TESTS and attention != "full":
             return KeyMasked(model, attention).eval()
         return model
@@ -155,8 +162,8 @@ class Runner:
         """Sliding-window perplexity of a run (or of "base", with linear PI by `rope_factor` where given; `rotate`:
         see `_model`)."""
         spec = {"kind": "ppl", "n": n, "stride": min(STRIDE, n), "windows": self.plan.ppl_windows,
-                "attention": attention, **({} if rope_factor is None else {"rope_factor": rope_factor}),
-                **({} if split == "validation" else {"split": split}), **({} if rotate is None else {"rotate": rotate})}
+                "attention": attention,
+                **_given(rope_factor=rope_factor, split=None if split == "validation" else split, rotate=rotate)}
 
         def compute():
             r = perplexity(self._model(run, attention, rope_factor, rotate), self.documents(split), n,
@@ -166,12 +173,12 @@ class Runner:
         return self._cached(run, spec, compute)
 
     def last_quarter(self, run, n: int, attention: str = "full", rope_factor: float | None = None,
-                     split: str = "validation", rotate: dict | None = None) -> dict:
+                     split: str = "validation", rotate: dict | list | None = None) -> dict:
         """exp of the mean loss at the last quarter of window positions, the loss of each quarter and of each 16th
         (`rotate`: see `_model`)."""
         spec = {"kind": "last_quarter", "n": n, "documents": self.plan.lq_documents, "attention": attention,
-                "bins": LOSS_BINS, **({} if rope_factor is None else {"rope_factor": rope_factor}),
-                **({} if split == "validation" else {"split": split}), **({} if rotate is None else {"rotate": rotate})}
+                "bins": LOSS_BINS,
+                **_given(rope_factor=rope_factor, split=None if split == "validation" else split, rotate=rotate)}
 
         def compute():
             docs = [d[:n] for d in self.documents(split) if d.numel() >= n][:self.plan.lq_documents]
@@ -202,7 +209,7 @@ class Runner:
         """sinks.distance_mass of a run (or "base", with linear PI by `rope_factor` where given) on the first n tokens
         of the first `documents` validation documents that hold n tokens, in LOSS_BINS distance bins."""
         spec = {"kind": "distance_mass", "n": n, "documents": documents, "bins": LOSS_BINS,
-                **({} if rope_factor is None else {"rope_factor": rope_factor})}
+                **_given(rope_factor=rope_factor)}
 
         def compute():
             return distance_mass(self._model(run, "full", rope_factor), self._first(n, documents), LOSS_BINS)
@@ -214,7 +221,7 @@ class Runner:
         """sinks.score_by_frequency of a run (or "base", with linear PI by `rope_factor` where given) on the first n
         tokens of the first `documents` validation documents that hold n tokens, in LOSS_BINS distance bins."""
         spec = {"kind": "score_by_frequency", "n": n, "documents": documents, "near": near, "far": far,
-                "bins": LOSS_BINS, **({} if rope_factor is None else {"rope_factor": rope_factor})}
+                "bins": LOSS_BINS, **_given(rope_factor=rope_factor)}
 
         def compute():
             return score_by_frequency(self._model(run, "full", rope_factor), self._first(n, documents), near, far,
@@ -227,7 +234,7 @@ class Runner:
         """sinks.rotary_phase of a run (or "base", with linear PI by `rope_factor` where given) on the first n tokens
         of the first `documents` validation documents that hold n tokens."""
         spec = {"kind": "rotary_phase", "n": n, "documents": documents, "pair": pair, "bins": LOSS_BINS,
-                **({} if rope_factor is None else {"rope_factor": rope_factor})}
+                **_given(rope_factor=rope_factor)}
 
         def compute():
             return rotary_phase(self._model(run, "full", rope_factor), self._first(n, documents), pair, LOSS_BINS)
@@ -238,7 +245,7 @@ class Runner:
         """sinks.first_token_mass of a run (or "base") on the first n tokens of the first `documents` validation
         documents that hold n tokens."""
         spec = {"kind": "first_token_mass", "n": n, "k": k, "documents": documents,
-                **({} if rope_factor is None else {"rope_factor": rope_factor})}
+                **_given(rope_factor=rope_factor)}
 
         def compute():
             docs = self._first(n, documents)
