@@ -11,7 +11,7 @@ import torch
 from minilongllora import Llama, LlamaConfig
 from minilongllora.reproduce import table1_sink
 from minilongllora.lora import apply_lora
-from minilongllora.reproduce.sinks import (KeyMasked, distance_mass, first_token_mass, key_mask, parse_test,
+from minilongllora.reproduce.sinks import (KeyMasked, distance_mass, first_token_mass, graft, key_mask, parse_test,
                                           rotary_phase, rotate_query_pair, score_by_frequency)
 
 from test_attention import kernel  # noqa: F401 (fp64 explicit attention: the oracle's precision)
@@ -198,6 +198,48 @@ def test_rotate_query_pair_turns_that_frequency_of_the_queries_and_nothing_else(
     assert after["magnitude"][0] == pytest.approx(before["magnitude"][0], rel=1e-5)
     with pytest.raises(TypeError, match="merged"):
         rotate_query_pair(apply_lora(_model()), 3, angles)
+
+
+def _donor():
+    """Another model of the same shapes: the `_model` weights moved by seeded noise (a stand-in for a fine-tuning)."""
+    donor = _model(n_kv_heads=2, layers=2)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in donor.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return donor
+
+
+def test_graft_of_every_weight_gives_the_donors_logits():
+    model, donor, tokens = _model(n_kv_heads=2, layers=2), _donor(), torch.randint(0, 256, (2, 32))
+    graft(model, donor.state_dict(), ("self_attn", "mlp", "norm", "embed_tokens", "lm_head"))
+    with torch.no_grad():
+        torch.testing.assert_close(model(tokens), donor(tokens), atol=0, rtol=0)
+
+
+def test_graft_of_rotary_pairs_takes_those_rows_of_the_queries_and_keys_only():
+    """Pairs 1 and 3 of W_q and W_k grafted (rows j and j + d/2 of every head, 4 query and 2 key heads): layer 0's
+    rotated queries and keys are, at those pairs, those of the model with the donor's whole W_q and W_k, and at the
+    other pairs the model's own, exactly (each is one row's product with the same input); nothing else changes."""
+    model, donor, doc = _model(n_kv_heads=2, layers=2), _donor(), torch.randint(0, 256, (32,))
+    whole = _model(n_kv_heads=2, layers=2)
+    graft(whole, donor.state_dict(), ("q_proj", "k_proj"))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    graft(model, donor.state_dict(), ("q_proj", "k_proj"), pairs=[1, 3])
+    (q0, k0, _), (qd, kd, _), (q1, k1, _) = (_rotated_qk(m, doc, 0) for m in (_model(n_kv_heads=2), whole, model))
+    took, kept = [1, 3], [0, 2, 4, 5, 6, 7]  # head_dim 16: 8 pairs
+    torch.testing.assert_close(q1[..., took], qd[..., took], atol=0, rtol=0)
+    torch.testing.assert_close(k1[..., took], kd[..., took], atol=0, rtol=0)
+    torch.testing.assert_close(q1[..., kept], q0[..., kept], atol=0, rtol=0)
+    torch.testing.assert_close(k1[..., kept], k0[..., kept], atol=0, rtol=0)
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed == {f"layers.{i}.self_attn.{w}_proj.weight" for i in range(2) for w in "qk"}
+    with pytest.raises(ValueError, match="rows of W_q and W_k only"):
+        graft(model, donor.state_dict(), ("v_proj",), pairs=[1])
+    with pytest.raises(ValueError, match="no parameter"):
+        graft(model, donor.state_dict(), ("wq",))
+    with pytest.raises(TypeError, match="merged"):
+        graft(apply_lora(_model()), donor.state_dict(), ("q_proj",))
 
 
 def test_flops_of_the_rows_at_llama_scale():

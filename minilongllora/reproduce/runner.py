@@ -28,7 +28,7 @@ from ..train import train, validation_loss, validation_rows
 from ..trainconfig import TrainConfig, meta_model
 from .plan import LOSS_BINS, STRIDE, Plan
 from .record import jsonable, window_ppl
-from .sinks import (KEY_TESTS, KeyMasked, distance_mass, first_token_mass, rotary_phase, rotate_query_pair,
+from .sinks import (KEY_TESTS, KeyMasked, distance_mass, first_token_mass, graft, rotary_phase, rotate_query_pair,
                     score_by_frequency)
 
 PACKAGE = Path(__file__).resolve().parent.parent
@@ -131,12 +131,17 @@ class Runner:
             write_json(path, cache, default=jsonable)
         return cache[key]
 
+    def _weights(self, source) -> str:
+        """The weights of a run's key (or "base")."""
+        return self.plan.base if source == "base" else str(self.cache / source / "final")
+
     def _model(self, source, attention: str = "full", rope_factor: float | None = None,
-               rotate: dict | list | None = None):
+               rotate: dict | list | None = None, grafted: dict | None = None):
         """The model of a run (or "base") for testing: full attention; "train": its own training pattern; "local F":
         a sliding window of F x the evaluated length; a key test of sinks.py ("no_first K", "window_sinks F K", …).
         `rotate` ({"pair", "angles", …}, or a list of them): its queries at that rotary frequency turned
-        (`sinks.rotate_query_pair`)."""
+        (`sinks.rotate_query_pair`); `grafted` ({"donor": a run's key or "base", "names", "pairs"}): the donor's
+        weights put in place of its own (`sinks.graft`)."""
         overrides = {} if rope_factor is None else {"rope_scaling": linear_scaling(rope_factor)}
         if source != "base" and attention == "train":
             cfg = source["config"]
@@ -145,6 +150,9 @@ class Runner:
         elif attention.startswith("local "):  # "local F": a sliding window of F x the evaluated length
             overrides.update(attention="local", group_size_ratio=float(attention.split()[1]), eval_attention="train")
         model = from_hf(self.plan.base if source == "base" else source["final"], **overrides).eval()
+        if grafted is not None:
+            donor = from_hf(self._weights(grafted["donor"])).state_dict()
+            graft(model, donor, grafted["names"], grafted.get("pairs"))
         if rotate is not None:
             for edit in rotate if isinstance(rotate, list) else [rotate]:
                 rotate_query_pair(model, edit["pair"], edit["angles"])
@@ -158,15 +166,15 @@ class Runner:
         return self._split_docs[split]
 
     def ppl(self, run, n: int, attention: str = "full", rope_factor: float | None = None,
-            split: str = "validation", rotate: dict | list | None = None) -> dict:
-        """Sliding-window perplexity of a run (or of "base", with linear PI by `rope_factor` where given; `rotate`:
-        see `_model`)."""
+            split: str = "validation", rotate: dict | list | None = None, grafted: dict | None = None) -> dict:
+        """Sliding-window perplexity of a run (or of "base", with linear PI by `rope_factor` where given; `rotate`
+        and `grafted`: see `_model`)."""
         spec = {"kind": "ppl", "n": n, "stride": min(STRIDE, n), "windows": self.plan.ppl_windows,
-                "attention": attention,
-                **_given(rope_factor=rope_factor, split=None if split == "validation" else split, rotate=rotate)}
+                "attention": attention, **_given(rope_factor=rope_factor, split=None if split == "validation" else split,
+                                                 rotate=rotate, grafted=grafted)}
 
         def compute():
-            r = perplexity(self._model(run, attention, rope_factor, rotate), self.documents(split), n,
+            r = perplexity(self._model(run, attention, rope_factor, rotate, grafted), self.documents(split), n,
                            stride=min(STRIDE, n), max_windows=self.plan.ppl_windows, batch_size=4, progress=False)
             return {"ppl": r["ppl"], "ppl_tokens": r["tokens_scored"], "ppl_windows": r["windows"]}
 

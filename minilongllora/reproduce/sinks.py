@@ -16,7 +16,8 @@ own logits (tests/test_table1_sink.py). `first_token_mass` reads `Llama.attentio
 attention that lands on the first K tokens; `distance_mass`, the share that the window's last queries put on keys at
 each distance (table1_budget: where does a grouped model's attention go beyond its break?); `score_by_frequency`, how
 much each rotary frequency adds to the score of a far key against a near one (and why); `rotary_phase`, where on its
-cosine one frequency's part of the score lies, and `rotate_query_pair`, a weight edit that moves it.
+cosine one frequency's part of the score lies, and `rotate_query_pair`, a weight edit that moves it; `graft`, another
+model's weights (all of some matrices, or only some rotary pairs' rows) put in a model's place.
 """
 
 from __future__ import annotations
@@ -204,3 +205,26 @@ def rotate_query_pair(model, pair: int, angles) -> None:
             a, b = head * d + pair, head * d + pair + d // 2
             c, s = torch.cos(torch.tensor(float(angle))), torch.sin(torch.tensor(float(angle)))
             w[a], w[b] = c * w[a] - s * w[b], s * w[a] + c * w[b]
+
+
+def graft(model, donor: dict, names, pairs=None) -> None:
+    """Weight grafting, in place: `model` takes the `donor` state dict's value of every parameter whose name contains
+    one of `names` ("q_proj", "mlp", …); with `pairs`, only the rows of W_q and W_k that make those rotary pairs (rows
+    j and j + d/2 of each head, the rotate-half layout), so every other frequency keeps the model's own weights. The
+    donor must have the model's shapes (a fine-tuning of the same base)."""
+    own = model.state_dict()  # views of the parameters: copying into them changes the model
+    if any("lora_" in k for k in own):
+        raise TypeError("graft needs merged weights; merge the model's LoRA first")
+    chosen = [k for k in own if any(n in k for n in names)]
+    if not chosen:
+        raise ValueError(f"no parameter's name contains any of {list(names)}")
+    d = model.config.head_dim
+    for k in chosen:
+        if pairs is None:
+            own[k].copy_(donor[k])
+            continue
+        if not k.endswith(("q_proj.weight", "k_proj.weight")):
+            raise ValueError(f"rotary pairs are rows of W_q and W_k only, not of {k}")
+        rows = torch.tensor([h * d + j + half for h in range(own[k].shape[0] // d) for j in pairs
+                             for half in (0, d // 2)])
+        own[k][rows] = donor[k][rows]

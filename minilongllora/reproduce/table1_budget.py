@@ -4,7 +4,8 @@ shrink once full-attention fine-tuning has flattened, as it does at 2x within th
 breaks, it looks inside without retraining: the loss by position with the interpolation stretched (distance or number
 of keys?), the attention by key distance head by head, each rotary frequency's part of a far key's score, and the
 phase test: a slow frequency's query phases turned by a weight edit onto full FT's, tested with full attention and with
-the model's own pattern (notebook 08, §8.3)."""
+the model's own pattern; and the graft test: which of full FT's weights, put in a grouped model's place, repair it,
+and which of the grouped model's break full FT (notebook 08, §8.3-8.4)."""
 
 from __future__ import annotations
 
@@ -46,6 +47,13 @@ NEAR_BINS, FAR_BINS = 4, 11
 # base's phases (a repair that needs no full-attention model); and the pair with its two neighbours turned at once.
 # Does that one angle per head carry the break, and does the grouped model's own pattern care?
 PHASE_STEPS = (1.0, 2.0)
+# the graft test: which weights carry the break? Each grouped model tested with some of full FT's weights (same seed)
+# in place of its own (sinks.graft), and full FT with some of the grouped model's: name -> (the parameters' names,
+# which rows of W_q and W_k: all; "slow", the phase test's pair and its two neighbours; "fast", every faster pair)
+GRAFTS = {"W_q, W_k": (("q_proj", "k_proj"), None), "W_v, W_o": (("v_proj", "o_proj"), None),
+          "outside attention": (("mlp", "norm", "embed_tokens", "lm_head"), None),
+          "W_q, W_k slow pairs": (("q_proj", "k_proj"), "slow"), "W_q, W_k fast pairs": (("q_proj", "k_proj"), "fast")}
+GRAFTS_INTO_FULL = ("W_q, W_k", "W_q, W_k slow pairs", "W_q, W_k fast pairs")
 PAPER = {"source": "LongLoRA v3 Table 1 (PAPER.md §1), its 16384 and 32768 columns (4x and 8x Llama 2's 4096)",
          "setup": "the paper has no budget ablation: Table 1 at the same multiples (its 1000 steps) for reference.",
          "rows": [{"setting": s, "steps": 1000, "context": 4096 * f, "ppl": PAPER_PPL[s][i]}
@@ -89,6 +97,7 @@ def rows(plan: Plan, runner, seeds) -> list[dict]:
                     else:
                         row.update(_phase_turned(runner, run, n, phase["pair"], phases, full_run, full_phases,
                                                  base_phase["phase"], setting))
+                        row.update(_grafted(runner, run, n, full_run, phase["pair"]))
                     out.append({**row, **run_fields(run)})
             if seed == seeds[0]:  # the starting point's attention: the base with the runs' interpolation
                 out.append({"setting": "base+PI", "steps": 0, "context": n, "seed": None,
@@ -140,6 +149,20 @@ def _phase_turned(runner, run, n: int, pair: int, phases: dict, full_run, full_p
             "phase_turned_slow": {"pairs": sorted(phases), **{f: runner.ppl(run, n, attention, rotate=slow)["ppl"]
                                                              for f, attention in (("ppl", "full"),
                                                                                   ("ppl_own_pattern", "train"))}}}
+
+
+def _grafted(runner, run, n: int, full_run, pair: int) -> dict:
+    """A grouped run's fields of the graft test (GRAFTS; `pair`: the phase test's): "grafted", its perplexity with
+    each set of full FT's weights (same seed) in place of its own, and "full_grafted", full FT's with each of
+    GRAFTS_INTO_FULL of this run's, all tested with full attention."""
+    rows = {None: None, "slow": [pair - 1, pair, pair + 1], "fast": list(range(pair - 1))}
+
+    def ppl(model, donor, name: str) -> float:
+        names, which = GRAFTS[name]
+        return runner.ppl(model, n, grafted={"donor": donor["key"], "names": list(names), "pairs": rows[which]})["ppl"]
+
+    return {"grafted": {name: ppl(run, full_run, name) for name in GRAFTS},
+            "full_grafted": {name: ppl(full_run, run, name) for name in GRAFTS_INTO_FULL}}
 
 
 def _paper_context(result: dict, n: int) -> int:
