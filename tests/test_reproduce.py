@@ -211,6 +211,21 @@ def test_table1_budget_reuses_table1s_runs_and_doubles_the_steps(base_dir, dirs,
                              for pa, pb in zip(phase, base)]]  # full attention and the own pattern
         assert turned[(1.0, layers - 1, "full")] == [[round(a, 6) if i == layers - 1 else 0.0 for a in row]
                                                      for i, row in enumerate(onto)]  # one layer at a time
+        grafts = [s["grafted"] for s in map(json.loads, evals) if "grafted" in s]  # the graft test: full FT's weights
+        full_run = full[(r["seed"], r["context"], r["steps"])]["run"]
+        assert set(r["grafted"]) == set(rep.table1_budget.GRAFTS) and all(p > 1 for p in r["grafted"].values())
+        assert sorted((g["donor"], tuple(g["names"]), str(g["pairs"])) for g in grafts) == sorted(
+            (full_run, names, str({None: None, "slow": [pair - 1, pair, pair + 1], "fast": list(range(pair - 1))}[w]))
+            for names, w in rep.table1_budget.GRAFTS.values())
+        full_evals = json.loads((dirs[1] / full_run / "evals.json").read_text())  # and full FT with the grouped run's
+        into_full = [s["grafted"] for s in map(json.loads, full_evals) if s.get("grafted", {}).get("donor") == r["run"]]
+        assert len(into_full) == len(rep.table1_budget.GRAFTS_INTO_FULL) == len(r["full_grafted"])
+    got = rep.table1_budget.grafted(result)
+    assert set(got) == {(s, k * steps) for s in rep.table1_budget.GROUPED for k in rep.T1_BUDGETS}
+    assert all(set(g["closed"]) == set(rep.table1_budget.GRAFTS) for g in got.values())
+    fig = rep.table1_budget.plot_grafted(result)  # one bar per (setting, budget) and graft, and the 2 phase turns
+    assert len(fig.axes[0].patches) == len(got) * (len(rep.table1_budget.GRAFTS) + 2)
+    assert len(fig.axes[1].patches) == len(got) * len(rep.table1_budget.GRAFTS_INTO_FULL)
     got = rep.table1_budget.phase_turned(result)
     assert set(got) == {(s, k * steps) for s in rep.table1_budget.GROUPED for k in rep.T1_BUDGETS}
     assert all(g["closed"][0] == 0 and g["own_change"][0] == 0 for g in got.values())  # t = 0: as trained
@@ -230,6 +245,7 @@ def test_table1_budget_reuses_table1s_runs_and_doubles_the_steps(base_dir, dirs,
     assert all(f"{f * unit} tokens: " in verdict for f in rep.T1_BUDGET_FACTORS)
     assert verdict.count("short attention") == len(rep.T1_BUDGET_FACTORS)  # its gap at both budgets, per context
     assert verdict.count("slow-frequency query phases onto full FT's") == len(rep.T1_BUDGET_FACTORS)
+    assert verdict.count("grafting full FT's weights into S2-Attn") == len(rep.T1_BUDGET_FACTORS)
 
 
 def test_table1_window_reuses_table1s_runs_and_full_window_is_full_attention(base_dir, dirs, capsys):

@@ -239,6 +239,30 @@ def test_phase_test_is_the_mean_of_the_seeds_by_hand():
     assert f"closes {100 * got[('s2', 800)]['closed'][1]:.0f}% of its gap at 800 steps" in verdict
 
 
+def test_graft_test_is_the_mean_of_the_seeds_by_hand():
+    """table1_budget's graft test: the share of each seed's gap to full FT (same seed) closed with full FT's weights,
+    and opened in full FT with the grouped model's, averaged over the seeds; the verdict's number."""
+    budget = results.load("table1_budget", RESULTS)
+    for n in (1024, 2048):
+        got = rep.table1_budget.grafted(budget, context=n)
+        rows = [r for r in budget["rows"] if r["context"] == n]
+        full = {(r["seed"], r["steps"]): r["ppl"] for r in rows if r["setting"] == "full"}
+        assert set(got) == {(s, k) for s in ("short", "s2") for k in (400, 800)}
+        for (setting, steps), g in got.items():
+            seeds = [r for r in rows if (r["setting"], r["steps"]) == (setting, steps)]
+            gap = {r["seed"]: r["ppl"] - full[(r["seed"], steps)] for r in seeds}
+            assert len(seeds) == 3 and set(g["closed"]) == set(rep.table1_budget.GRAFTS)
+            for name in rep.table1_budget.GRAFTS:
+                assert g["closed"][name] == pytest.approx(
+                    sum((r["ppl"] - r["grafted"][name]) / gap[r["seed"]] for r in seeds) / 3, rel=1e-12)
+            for name in rep.table1_budget.GRAFTS_INTO_FULL:
+                assert g["opened"][name] == pytest.approx(
+                    sum((r["full_grafted"][name] - full[(r["seed"], steps)]) / gap[r["seed"]] for r in seeds) / 3,
+                    rel=1e-12)
+    verdict = results.verdict(budget).split("2048 tokens: ")[1]
+    assert f"closes {100 * got[('s2', 800)]['closed']['W_q, W_k']:.0f}% of its gap with W_q and W_k" in verdict
+
+
 def test_curve_gaps_pair_each_seed_with_full_attention_by_hand():
     table1 = results.load("table1", RESULTS)
     runs, gaps = table1["settings"]["runs"], results.curve_gaps(table1)

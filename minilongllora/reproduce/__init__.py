@@ -10,8 +10,9 @@
     table1_budget  (not in the paper) table1's three settings at 4x and 8x with the regime's 400 steps and with 800
              (past the 5% token cap, on purpose): does S2-Attn's gap shrink once full attention flattens? And a
              look inside the models: the loss by position with the interpolation stretched, attention by distance
-             head by head, each rotary frequency's part of a far key's score, and the phase test (the slow
-             frequency's query phases turned onto full FT's, tested with full attention and the own pattern)
+             head by head, each rotary frequency's part of a far key's score, the phase test (the slow
+             frequency's query phases turned onto full FT's, tested with full attention and the own pattern) and
+             the graft test (which of full FT's weights repair a grouped model, which of its weights break full FT)
     table1_sink  (not in the paper, issue 16) Table 1 at 2x and 8x with short_sink, s2_sink, S2-Attn + every k-th
              step full (k chosen on validation), S2-Attn + growing groups; FLOPs relative to full attention; Table
              1's models tested with the first tokens or the far keys hidden, and their attention on the first tokens
@@ -73,7 +74,7 @@ starts from an empty cache; "in order" runs the tables in the order listed, each
     table1          24 min   24 min     9 (9)
     table1_lr       29 min   22 min     12 (9)
     table1_window    8 min    1 min     3 (0)
-    table1_budget   56 min   39 min     12 (6)
+    table1_budget   62 min   46 min     12 (6)
     table1_sink     47 min   31 min     16 (10)
     table8          11 min    6 min     5 (3)
     figure5          5 min    3 min     3 (2)
@@ -82,7 +83,7 @@ starts from an empty cache; "in order" runs the tables in the order listed, each
     figure4          8 min    4 min     3 (1)
     table7          11 min   11 min     5 (5)
     table11          0 min    0 min     0 (0)
-    all                   ~ 2 h 58 min  (60 runs, most of 1.6M tokens; N seeds: about N times as long)
+    all                   ~ 3 h 5 min  (60 runs, most of 1.6M tokens; N seeds: about N times as long)
 
 `--quick` runs every table with 2 steps of 1 sequence at contexts of 2 x 64 … 16 x 64 tokens (PI by context / L
 where that is above 1), 2 evaluation windows, 1 document, 1 passkey trial at 2 lengths: the mechanics in seconds

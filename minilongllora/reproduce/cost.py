@@ -63,7 +63,7 @@ class CostRunner:
             self.seen.add(key)
             self.seconds += seconds
 
-    def _forward(self, kind: str, run, n: int, attention: str, rope_factor, count: int, rotate=None) -> None:
+    def _forward(self, kind: str, run, n: int, attention: str, rope_factor, count: int, *edits) -> None:
         if attention.startswith("local "):
             span = int(2 * n * float(attention.split()[1]))  # blocks of W queries read 2W keys
         elif attention != "full" and attention.split()[0] in ("no_first", "window", "window_sinks"):
@@ -71,10 +71,10 @@ class CostRunner:
         else:
             span = n if attention == "full" else group_of(run["config"])
         key = run if run == "base" else run["key"]
-        self._once((kind, key, n, attention, rope_factor, rotate), forward_seconds(count * n, n, span))
+        self._once((kind, key, n, attention, rope_factor, *edits), forward_seconds(count * n, n, span))
 
-    def ppl(self, run, n, attention="full", rope_factor=None, split="validation", rotate=None):
-        self._forward(f"ppl {split}", run, n, attention, rope_factor, self.plan.ppl_windows, rotate)
+    def ppl(self, run, n, attention="full", rope_factor=None, split="validation", rotate=None, grafted=None):
+        self._forward(f"ppl {split}", run, n, attention, rope_factor, self.plan.ppl_windows, rotate, grafted)
         return {"ppl": 1.0}
 
     def last_quarter(self, run, n, attention="full", rope_factor=None, split="validation", rotate=None):

@@ -170,8 +170,9 @@ class Runner:
         """Sliding-window perplexity of a run (or of "base", with linear PI by `rope_factor` where given; `rotate`
         and `grafted`: see `_model`)."""
         spec = {"kind": "ppl", "n": n, "stride": min(STRIDE, n), "windows": self.plan.ppl_windows,
-                "attention": attention, **_given(rope_factor=rope_factor, split=None if split == "validation" else split,
-                                                 rotate=rotate, grafted=grafted)}
+                "attention": attention,
+                **_given(rope_factor=rope_factor, split=None if split == "validation" else split, rotate=rotate,
+                         grafted=grafted)}
 
         def compute():
             r = perplexity(self._model(run, attention, rope_factor, rotate, grafted), self.documents(split), n,

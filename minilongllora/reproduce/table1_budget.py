@@ -65,8 +65,8 @@ def rows(plan: Plan, runner, seeds) -> list[dict]:
     ones also tested with their own pattern, every run's loss by position also with its interpolation stretched by
     PI_STRETCH, where the window's last queries attend (by distance, `distance_mass`) and why
     (`score_by_frequency`), every run's slow-frequency phases (`sinks.rotary_phase`) and each grouped run's phase test
-    (`_phase_turned`); the curve is recorded every `plan.curve_every` steps in both, so the two budgets' curves share
-    their first points."""
+    (`_phase_turned`) and graft test (`_grafted`); the curve is recorded every `plan.curve_every` steps in both, so the
+    two budgets' curves share their first points."""
     out = []
     for seed in seeds:
         for factor in T1_BUDGET_FACTORS:
@@ -409,6 +409,59 @@ def plot_phase_turned(result: dict, context: int | None = None):
     return fig
 
 
+def grafted(result: dict, **match) -> dict:
+    """{(setting, steps): the graft test of a grouped setting (GRAFTS), mean of the seeds} of the rows whose fields
+    equal `match`: "closed", {graft: the share of its gap to full FT of the same seed that taking full FT's weights
+    closes}, and "opened", {graft: the share of that gap that full FT opens with the grouped model's weights}."""
+    rs = [r for r in result["rows"] if all(r.get(k) == v for k, v in match.items())]
+    full = {(r["seed"], r["steps"], r["context"]): r["ppl"] for r in rs if r["setting"] == "full"}
+    per_seed = {}
+    for r in (r for r in rs if r.get("grafted")):
+        ref = full[(r["seed"], r["steps"], r["context"])]
+        gap = r["ppl"] - ref
+        per_seed.setdefault((r["setting"], r["steps"]), []).append({
+            "closed": {g: (r["ppl"] - p) / gap for g, p in r["grafted"].items()},
+            "opened": {g: (p - ref) / gap for g, p in r["full_grafted"].items()}})
+    return {key: {f: {g: sum(x[f][g] for x in xs) / len(xs) for g in xs[0][f]} for f in ("closed", "opened")}
+            for key, xs in per_seed.items()}
+
+
+def plot_grafted(result: dict, context: int | None = None):
+    """The graft test at `context` (default the longest), mean of the seeds, one bar per grouped setting and budget.
+    Left: the share of its gap to full FT closed with full FT's weights in place of its own (each of GRAFTS), beside
+    the phase test's two turns (one angle per head at the slow pair, and at the three slow pairs). Right: the share
+    of that gap opened in full FT with the grouped model's weights."""
+    from ..plotting import color
+
+    n = context or max(r["context"] for r in result["rows"])
+    got, turned = grafted(result, context=n), phase_turned(result, context=n)
+    if not got:
+        raise ValueError(f"{result['name']}: no row at {n} tokens has the graft test")
+    fig, (a, b) = figure()
+    keys = sorted(got, key=lambda k: (k[1], k[0]))
+    long, width = max(k[1] for k in keys), 0.8 / len(keys)
+    names = list(next(iter(got.values()))["closed"])
+    for i, key in enumerate(keys):
+        bars = [got[key]["closed"][g] for g in names] + [turned[key]["closed"][1], turned[key]["slow_closed"][0]]
+        into_full = [got[key]["opened"][g] for g in got[key]["opened"]]
+        style = dict(color=color(key[0]), alpha=1.0 if key[1] == long else 0.5, label=f"{key[0]}, {key[1]} steps")
+        for ax, values in ((a, bars), (b, into_full)):
+            ax.bar([j + (i - len(keys) / 2 + 0.5) * width for j in range(len(values))], [100 * v for v in values],
+                   width, **style)
+    short = lambda g: g.replace("W_q, W_k ", "W_q, W_k\n").replace("outside ", "outside\n")  # noqa: E731
+    a.set_xticks(range(len(names) + 2), [short(g) for g in names] + ["phase\nturned", "3 phases\nturned"],
+                 fontsize=7)
+    b.set_xticks(range(len(got[keys[0]]["opened"])), [short(g) for g in got[keys[0]]["opened"]], fontsize=7)
+    for ax in (a, b):
+        ax.axhline(0, color="k", lw=0.8)
+        ax.axhline(100, color="gray", ls=":", lw=0.8)
+    label_axes(a, f"n = {n}: full FT's weights in the grouped model" + quick_note(result), "weights taken",
+               "share of the gap to full FT closed (%)", legend=7)
+    label_axes(b, "the grouped model's weights in full FT", "weights given", "share of the gap opened (%)", legend=7)
+    fig.tight_layout()
+    return fig
+
+
 def plot_rotary_phase(result: dict, context: int | None = None, heads: int = 2, theta: float = 10000.0):
     """Where each model's window lies on the slow frequency's cosine, at `context` (default the longest), for the
     `heads` heads whose phase S2-Attn moved furthest from full FT's (magnitude x angle, longer budget): that
@@ -478,6 +531,22 @@ def _phase_text(rs: list[dict], n: int, long: int) -> str:
     return text
 
 
+def _graft_text(rs: list[dict], n: int, long: int) -> str:
+    """The graft test's part of the verdict at one context and budget: the share of S2-Attn's gap closed by each of
+    full FT's weights put in its place, and opened in full FT by S2-Attn's W_q and W_k."""
+    got = grafted({"rows": rs}, context=n, steps=long).get(("s2", long))
+    if got is None:  # files recorded before the graft test
+        return ""
+    closed, opened = got["closed"], got["opened"]
+    return (f"; grafting full FT's weights into S2-Attn (same seed) closes {100 * closed['W_q, W_k']:.0f}% of its gap "
+            f"with W_q and W_k ({100 * closed['W_q, W_k slow pairs']:.0f}% with their slow pairs' rows only, "
+            f"{100 * closed['W_q, W_k fast pairs']:.0f}% with the fast pairs' only), "
+            f"{100 * closed['W_v, W_o']:.0f}% with W_v and W_o, {100 * closed['outside attention']:.0f}% with every "
+            f"weight outside attention; S2-Attn's W_q and W_k in full FT open {100 * opened['W_q, W_k']:.0f}% of it "
+            f"(the slow pairs' rows only {100 * opened['W_q, W_k slow pairs']:.0f}%, the fast pairs' "
+            f"{100 * opened['W_q, W_k fast pairs']:.0f}%)")
+
+
 def _at(rs: list[dict], n: int, short: int, long: int) -> str:
     """One context's part of the verdict: S2-Attn against full FT at each budget, full FT's gain from the longer
     budget, and whether S2-Attn's per-seed gap changes with it."""
@@ -508,14 +577,15 @@ def _at(rs: list[dict], n: int, short: int, long: int) -> str:
                     f"({than(resolve(gaps[1], gaps[0]), f'at {short}')}), S2-Attn at {long} steps "
                     f"{than(s2_short, 'short')}")
     return (f"{n} tokens: " + "; ".join(parts) + f"; full FT at {long} steps {than(full_gain, f'at {short}')}: "
-            f"{outcome}" + _phase_text(rs, n, long))
+            f"{outcome}" + _phase_text(rs, n, long) + _graft_text(rs, n, long))
 
 
 def verdict(result: dict, rows_: list[dict]) -> str:
     """Under the verdict rule (compare.resolve), at each context: S2-Attn against full-attention FT at each budget,
     full FT's gain from the longer budget, S2-Attn's per-seed gap at the longer budget against the shorter one,
     S2-Attn tested with its own pattern at the longer budget against the shorter one, short attention's gap at
-    both budgets and against S2-Attn at the longer one, and the phase test at the longer budget (`_phase_text`)."""
+    both budgets and against S2-Attn at the longer one, and the phase and graft tests at the longer budget
+    (`_phase_text`, `_graft_text`)."""
     rs = result["rows"]
     short, long = min(r["steps"] for r in rs), max(r["steps"] for r in rs)
     contexts = sorted({r["context"] for r in rs})
