@@ -458,6 +458,8 @@ def plot_grafted(result: dict, context: int | None = None):
     label_axes(a, f"n = {n}: full FT's weights in the grouped model" + quick_note(result), "weights taken",
                "share of the gap to full FT closed (%)", legend=7)
     label_axes(b, "the grouped model's weights in full FT", "weights given", "share of the gap opened (%)", legend=7)
+    a.get_legend().remove()  # the right panel's legend says the same, where the bars leave room
+    b.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
     return fig
 
