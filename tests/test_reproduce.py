@@ -214,6 +214,17 @@ def test_table1_budget_reuses_table1s_runs_and_doubles_the_steps(base_dir, dirs,
         grafts = [s["grafted"] for s in map(json.loads, evals) if "grafted" in s]  # the graft test: full FT's weights
         full_run = full[(r["seed"], r["context"], r["steps"])]["run"]
         assert set(r["grafted"]) == set(rep.table1_budget.GRAFTS) and all(p > 1 for p in r["grafted"].values())
+        one_layer = [g for g in grafts if g["names"][0].startswith("layers.")]  # W_q and W_k of one layer (or head)
+        assert sorted(g["names"] for g in one_layer if "heads" not in g) == [
+            [f"layers.{i}.self_attn.q_proj", f"layers.{i}.self_attn.k_proj"] for i in range(layers)]
+        assert len(r["grafted_by_layer"]) == layers and all(g["donor"] == full_run for g in one_layer)
+        if (r["context"], r["steps"]) == (max(rep.T1_BUDGET_FACTORS) * unit, 2 * steps):  # and one head at a time
+            assert [len(r["grafted_by_head"]), len(r["grafted_by_head"][0])] == [layers, heads]
+            assert sorted((g["names"][0], g["heads"]) for g in one_layer if "heads" in g) == sorted(
+                (f"layers.{i}.self_attn.q_proj", [h]) for i in range(layers) for h in range(heads))
+        else:
+            assert "grafted_by_head" not in r and all("heads" not in g for g in one_layer)
+        grafts = [g for g in grafts if g not in one_layer]
         assert sorted((g["donor"], tuple(g["names"]), str(g["pairs"])) for g in grafts) == sorted(
             (full_run, names, str({None: None, "slow": [pair - 1, pair, pair + 1], "fast": list(range(pair - 1))}[w]))
             for names, w in rep.table1_budget.GRAFTS.values())

@@ -236,10 +236,33 @@ def test_graft_of_rotary_pairs_takes_those_rows_of_the_queries_and_keys_only():
     assert changed == {f"layers.{i}.self_attn.{w}_proj.weight" for i in range(2) for w in "qk"}
     with pytest.raises(ValueError, match="rows of W_q and W_k only"):
         graft(model, donor.state_dict(), ("v_proj",), pairs=[1])
+    with pytest.raises(ValueError, match="rows of W_q and W_k only"):
+        graft(model, donor.state_dict(), ("o_proj",), heads=[0])
     with pytest.raises(ValueError, match="no parameter"):
         graft(model, donor.state_dict(), ("wq",))
     with pytest.raises(TypeError, match="merged"):
         graft(apply_lora(_model()), donor.state_dict(), ("q_proj",))
+
+
+def test_graft_of_one_head_takes_its_query_rows_and_its_key_heads_rows_only():
+    """Query head 1 of 4 (2 key heads: it reads key head 0) in layer 0 only, pairs 2 and 5: its rotated queries at
+    those pairs are the whole-W_q-and-W_k graft's, and so are key head 0's; every other head and pair is the model's
+    own, exactly, and layer 1 is untouched."""
+    model, donor, doc = _model(n_kv_heads=2, layers=2), _donor(), torch.randint(0, 256, (32,))
+    whole = _model(n_kv_heads=2, layers=2)
+    graft(whole, donor.state_dict(), ("q_proj", "k_proj"))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    graft(model, donor.state_dict(), ("layers.0.self_attn.q_proj", "layers.0.self_attn.k_proj"), pairs=[2, 5],
+          heads=[1])
+    (q0, k0, _), (qw, kw, _), (q1, k1, _) = (_rotated_qk(m, doc, 0) for m in (_model(n_kv_heads=2), whole, model))
+    torch.testing.assert_close(q1[1][..., [2, 5]], qw[1][..., [2, 5]], atol=0, rtol=0)
+    torch.testing.assert_close(k1[0][..., [2, 5]], kw[0][..., [2, 5]], atol=0, rtol=0)
+    keep_q, keep_k = q1.clone(), k1.clone()
+    keep_q[1][..., [2, 5]], keep_k[0][..., [2, 5]] = q0[1][..., [2, 5]], k0[0][..., [2, 5]]
+    torch.testing.assert_close(keep_q, q0, atol=0, rtol=0)
+    torch.testing.assert_close(keep_k, k0, atol=0, rtol=0)
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed == {"layers.0.self_attn.q_proj.weight", "layers.0.self_attn.k_proj.weight"}
 
 
 def test_flops_of_the_rows_at_llama_scale():

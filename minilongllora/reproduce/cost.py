@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+from ..config import LlamaConfig
 from ..trainconfig import TrainConfig
 from .plan import STEPS, TOKENS_PER_STEP, Plan, group_of
 from .runner import Runner, run_key
@@ -98,7 +99,11 @@ class CostRunner:
 
     def rotary_phase(self, run, n, documents, pair=None, rope_factor=None):
         self._forward("phase", run, n, "full", rope_factor, documents)
-        return {"phase": [[0.0]], "magnitude": [[0.0]], "pair": 0}  # one stand-in head: enough for the rows' angles
+        # stand-in angles in the tiny preset's shape (layers x heads, the scale of the µs above): the tests by layer and
+        # by head evaluate once per entry
+        config = LlamaConfig.from_preset("tiny")
+        phase = [[0.0] * config.n_heads for _ in range(config.n_layers)]
+        return {"phase": phase, "magnitude": phase, "pair": 0}
 
     def passkey(self, source, lengths, trials, rope_factor, format="paper"):
         key = source if source == "base" else source["key"]

@@ -140,8 +140,8 @@ class Runner:
         """The model of a run (or "base") for testing: full attention; "train": its own training pattern; "local F":
         a sliding window of F x the evaluated length; a key test of sinks.py ("no_first K", "window_sinks F K", …).
         `rotate` ({"pair", "angles", …}, or a list of them): its queries at that rotary frequency turned
-        (`sinks.rotate_query_pair`); `grafted` ({"donor": a run's key or "base", "names", "pairs"}): the donor's
-        weights put in place of its own (`sinks.graft`)."""
+        (`sinks.rotate_query_pair`); `grafted` ({"donor": a run's key or "base", "names", "pairs", and "heads" where
+        given}): the donor's weights put in place of its own (`sinks.graft`)."""
         overrides = {} if rope_factor is None else {"rope_scaling": linear_scaling(rope_factor)}
         if source != "base" and attention == "train":
             cfg = source["config"]
@@ -152,7 +152,7 @@ class Runner:
         model = from_hf(self.plan.base if source == "base" else source["final"], **overrides).eval()
         if grafted is not None:
             donor = from_hf(self._weights(grafted["donor"])).state_dict()
-            graft(model, donor, grafted["names"], grafted.get("pairs"))
+            graft(model, donor, grafted["names"], grafted.get("pairs"), grafted.get("heads"))
         if rotate is not None:
             for edit in rotate if isinstance(rotate, list) else [rotate]:
                 rotate_query_pair(model, edit["pair"], edit["angles"])

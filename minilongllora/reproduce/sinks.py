@@ -207,11 +207,12 @@ def rotate_query_pair(model, pair: int, angles) -> None:
             w[a], w[b] = c * w[a] - s * w[b], s * w[a] + c * w[b]
 
 
-def graft(model, donor: dict, names, pairs=None) -> None:
+def graft(model, donor: dict, names, pairs=None, heads=None) -> None:
     """Weight grafting, in place: `model` takes the `donor` state dict's value of every parameter whose name contains
-    one of `names` ("q_proj", "mlp", …); with `pairs`, only the rows of W_q and W_k that make those rotary pairs (rows
-    j and j + d/2 of each head, the rotate-half layout), so every other frequency keeps the model's own weights. The
-    donor must have the model's shapes (a fine-tuning of the same base)."""
+    one of `names` ("q_proj", "layers.1.self_attn.k_proj", "mlp", …); with `pairs`, only the rows of W_q and W_k
+    that make those rotary pairs (rows j and j + d/2 of each head, the rotate-half layout), so every other frequency
+    keeps the model's own weights; with `heads` (query heads), only those heads' rows of W_q and the rows of W_k of the
+    key heads they read. The donor must have the model's shapes (a fine-tuning of the same base)."""
     own = model.state_dict()  # views of the parameters: copying into them changes the model
     if any("lora_" in k for k in own):
         raise TypeError("graft needs merged weights; merge the model's LoRA first")
@@ -220,11 +221,14 @@ def graft(model, donor: dict, names, pairs=None) -> None:
         raise ValueError(f"no parameter's name contains any of {list(names)}")
     d = model.config.head_dim
     for k in chosen:
-        if pairs is None:
+        if pairs is None and heads is None:
             own[k].copy_(donor[k])
             continue
         if not k.endswith(("q_proj.weight", "k_proj.weight")):
-            raise ValueError(f"rotary pairs are rows of W_q and W_k only, not of {k}")
-        rows = torch.tensor([h * d + j + half for h in range(own[k].shape[0] // d) for j in pairs
-                             for half in (0, d // 2)])
+            raise ValueError(f"rotary pairs and heads are rows of W_q and W_k only, not of {k}")
+        n = own[k].shape[0] // d  # this matrix's heads: query heads, or key heads (fewer under GQA)
+        per_key = model.config.n_heads // n  # query heads that read one of its heads
+        hs = range(n) if heads is None else sorted({h // per_key for h in heads})
+        js = range(d) if pairs is None else [j + half for j in pairs for half in (0, d // 2)]
+        rows = torch.tensor([h * d + j for h in hs for j in js])
         own[k][rows] = donor[k][rows]

@@ -54,6 +54,8 @@ GRAFTS = {"W_q, W_k": (("q_proj", "k_proj"), None), "W_v, W_o": (("v_proj", "o_p
           "outside attention": (("mlp", "norm", "embed_tokens", "lm_head"), None),
           "W_q, W_k slow pairs": (("q_proj", "k_proj"), "slow"), "W_q, W_k fast pairs": (("q_proj", "k_proj"), "fast")}
 GRAFTS_INTO_FULL = ("W_q, W_k", "W_q, W_k slow pairs", "W_q, W_k fast pairs")
+# and full FT's W_q and W_k in one layer at a time (every grouped row), and in one head at a time (the rows at the
+# longest context and budget): which heads carry the break?
 PAPER = {"source": "LongLoRA v3 Table 1 (PAPER.md §1), its 16384 and 32768 columns (4x and 8x Llama 2's 4096)",
          "setup": "the paper has no budget ablation: Table 1 at the same multiples (its 1000 steps) for reference.",
          "rows": [{"setting": s, "steps": 1000, "context": 4096 * f, "ppl": PAPER_PPL[s][i]}
@@ -97,7 +99,9 @@ def rows(plan: Plan, runner, seeds) -> list[dict]:
                     else:
                         row.update(_phase_turned(runner, run, n, phase["pair"], phases, full_run, full_phases,
                                                  base_phase["phase"], setting))
-                        row.update(_grafted(runner, run, n, full_run, phase["pair"]))
+                        by_head = factor == max(T1_BUDGET_FACTORS) and budget == max(T1_BUDGETS)
+                        row.update(_grafted(runner, run, n, full_run, phase["pair"], len(phase["phase"]),
+                                            len(phase["phase"][0]) if by_head else 0))
                     out.append({**row, **run_fields(run)})
             if seed == seeds[0]:  # the starting point's attention: the base with the runs' interpolation
                 out.append({"setting": "base+PI", "steps": 0, "context": n, "seed": None,
@@ -151,18 +155,26 @@ def _phase_turned(runner, run, n: int, pair: int, phases: dict, full_run, full_p
                                                                                   ("ppl_own_pattern", "train"))}}}
 
 
-def _grafted(runner, run, n: int, full_run, pair: int) -> dict:
-    """A grouped run's fields of the graft test (GRAFTS; `pair`: the phase test's): "grafted", its perplexity with
-    each set of full FT's weights (same seed) in place of its own, and "full_grafted", full FT's with each of
-    GRAFTS_INTO_FULL of this run's, all tested with full attention."""
+def _grafted(runner, run, n: int, full_run, pair: int, layers: int, heads: int) -> dict:
+    """A grouped run's fields of the graft test (GRAFTS; `pair`: the phase test's), all tested with full attention:
+    "grafted", its perplexity with each set of full FT's weights (same seed) in place of its own; "full_grafted",
+    full FT's with each of GRAFTS_INTO_FULL of this run's; "grafted_by_layer", its perplexity with full FT's W_q and
+    W_k in one layer at a time; and where `heads` > 0, "grafted_by_head", in one head at a time (layers x heads)."""
     rows = {None: None, "slow": [pair - 1, pair, pair + 1], "fast": list(range(pair - 1))}
 
     def ppl(model, donor, name: str) -> float:
         names, which = GRAFTS[name]
         return runner.ppl(model, n, grafted={"donor": donor["key"], "names": list(names), "pairs": rows[which]})["ppl"]
 
+    def qk(layer: int, head: int | None = None) -> float:  # full FT's W_q and W_k rows of one layer (or head)
+        names = [f"layers.{layer}.self_attn.{w}_proj" for w in "qk"]
+        spec = {"donor": full_run["key"], "names": names, "pairs": None, **({} if head is None else {"heads": [head]})}
+        return runner.ppl(run, n, grafted=spec)["ppl"]
+
     return {"grafted": {name: ppl(run, full_run, name) for name in GRAFTS},
-            "full_grafted": {name: ppl(full_run, run, name) for name in GRAFTS_INTO_FULL}}
+            "full_grafted": {name: ppl(full_run, run, name) for name in GRAFTS_INTO_FULL},
+            "grafted_by_layer": [qk(i) for i in range(layers)],
+            **({"grafted_by_head": [[qk(i, h) for h in range(heads)] for i in range(layers)]} if heads else {})}
 
 
 def _paper_context(result: dict, n: int) -> int:
