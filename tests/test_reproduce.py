@@ -237,6 +237,11 @@ def test_table1_budget_reuses_table1s_runs_and_doubles_the_steps(base_dir, dirs,
     fig = rep.table1_budget.plot_grafted(result)  # one bar per (setting, budget) and graft, and the 2 phase turns
     assert len(fig.axes[0].patches) == len(got) * (len(rep.table1_budget.GRAFTS) + 2)
     assert len(fig.axes[1].patches) == len(got) * len(rep.table1_budget.GRAFTS_INTO_FULL)
+    assert all(len(g["by_layer"]) == layers for g in got.values())
+    longest = rep.table1_budget.grafted(result, context=max(rep.T1_BUDGET_FACTORS) * unit)
+    assert {k for k, g in longest.items() if "by_head" in g} == {(s, 2 * steps) for s in rep.table1_budget.GROUPED}
+    fig = rep.table1_budget.plot_grafted_heads(result)  # one panel per grouped setting, a cell per layer and head
+    assert len(fig.axes) == len(rep.table1_budget.GROUPED) and len(fig.axes[0].texts) == layers * heads
     got = rep.table1_budget.phase_turned(result)
     assert set(got) == {(s, k * steps) for s in rep.table1_budget.GROUPED for k in rep.T1_BUDGETS}
     assert all(g["closed"][0] == 0 and g["own_change"][0] == 0 for g in got.values())  # t = 0: as trained
@@ -257,6 +262,7 @@ def test_table1_budget_reuses_table1s_runs_and_doubles_the_steps(base_dir, dirs,
     assert verdict.count("short attention") == len(rep.T1_BUDGET_FACTORS)  # its gap at both budgets, per context
     assert verdict.count("slow-frequency query phases onto full FT's") == len(rep.T1_BUDGET_FACTORS)
     assert verdict.count("grafting full FT's weights into S2-Attn") == len(rep.T1_BUDGET_FACTORS)
+    assert verdict.count("'s alone") == len(rep.T1_BUDGET_FACTORS) and verdict.count(", its head ") == 1
 
 
 def test_table1_window_reuses_table1s_runs_and_full_window_is_full_attention(base_dir, dirs, capsys):

@@ -424,7 +424,9 @@ def plot_phase_turned(result: dict, context: int | None = None):
 def grafted(result: dict, **match) -> dict:
     """{(setting, steps): the graft test of a grouped setting (GRAFTS), mean of the seeds} of the rows whose fields
     equal `match`: "closed", {graft: the share of its gap to full FT of the same seed that taking full FT's weights
-    closes}, and "opened", {graft: the share of that gap that full FT opens with the grouped model's weights}."""
+    closes}; "opened", {graft: the share of that gap that full FT opens with the grouped model's weights}; and where
+    recorded, "by_layer" (the share closed by full FT's W_q and W_k in one layer at a time) and "by_head" (in one
+    head at a time, layers x heads)."""
     rs = [r for r in result["rows"] if all(r.get(k) == v for k, v in match.items())]
     full = {(r["seed"], r["steps"], r["context"]): r["ppl"] for r in rs if r["setting"] == "full"}
     per_seed = {}
@@ -433,9 +435,19 @@ def grafted(result: dict, **match) -> dict:
         gap = r["ppl"] - ref
         per_seed.setdefault((r["setting"], r["steps"]), []).append({
             "closed": {g: (r["ppl"] - p) / gap for g, p in r["grafted"].items()},
-            "opened": {g: (p - ref) / gap for g, p in r["full_grafted"].items()}})
-    return {key: {f: {g: sum(x[f][g] for x in xs) / len(xs) for g in xs[0][f]} for f in ("closed", "opened")}
-            for key, xs in per_seed.items()}
+            "opened": {g: (p - ref) / gap for g, p in r["full_grafted"].items()},
+            **({} if "grafted_by_layer" not in r else {  # recorded since the test by layer was added
+                "by_layer": [(r["ppl"] - p) / gap for p in r["grafted_by_layer"]]}),
+            **({} if "grafted_by_head" not in r else {
+                "by_head": [[(r["ppl"] - p) / gap for p in layer] for layer in r["grafted_by_head"]]})})
+    out = {}
+    for key, xs in per_seed.items():
+        out[key] = {f: {g: sum(x[f][g] for x in xs) / len(xs) for g in xs[0][f]} for f in ("closed", "opened")}
+        if all("by_layer" in x for x in xs):
+            out[key]["by_layer"] = [sum(col) / len(col) for col in zip(*(x["by_layer"] for x in xs))]
+        if all("by_head" in x for x in xs):
+            out[key]["by_head"] = torch.tensor([x["by_head"] for x in xs], dtype=torch.float64).mean(0).tolist()
+    return out
 
 
 def plot_grafted(result: dict, context: int | None = None):
@@ -472,6 +484,30 @@ def plot_grafted(result: dict, context: int | None = None):
     label_axes(b, "the grouped model's weights in full FT", "weights given", "share of the gap opened (%)", legend=7)
     a.get_legend().remove()  # the right panel's legend says the same, where the bars leave room
     b.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    return fig
+
+
+def plot_grafted_heads(result: dict, context: int | None = None):
+    """Which heads carry the break, at `context` (default the longest) and the longest budget, mean of the seeds: the
+    share of each grouped model's gap to full FT closed with full FT's W_q and W_k in one head at a time (a cell per
+    layer and head), and in a whole layer (in the row's label)."""
+    n = context or max(r["context"] for r in result["rows"])
+    got = {k: g for k, g in grafted(result, context=n).items() if "by_head" in g}
+    if not got:
+        raise ValueError(f"{result['name']}: no row at {n} tokens has the graft test by head")
+    fig, axes = figure(ncols=len(got))
+    for ax, (setting, steps) in zip(axes, sorted(got, key=lambda k: GROUPED.index(k[0]))):
+        g = got[(setting, steps)]
+        share = 100 * torch.tensor(g["by_head"])  # (layers, heads)
+        ax.imshow(share, cmap="Blues", vmin=0, vmax=100)
+        for (layer, head), v in zip(((i, h) for i in range(share.shape[0]) for h in range(share.shape[1])),
+                                    share.flatten().tolist()):
+            ax.text(head, layer, f"{v:.0f}", ha="center", va="center", fontsize=8, color="white" if v > 50 else "k")
+        ax.set_xticks(range(share.shape[1]))
+        ax.set_yticks(range(share.shape[0]), [f"layer {i} (all: {100 * v:.0f}%)" for i, v in enumerate(g["by_layer"])])
+        ax.set_xlabel("head")
+        ax.set_title(f"n = {n}, {setting} {steps} steps: % of the gap closed" + quick_note(result), fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -547,14 +583,23 @@ def _phase_text(rs: list[dict], n: int, long: int) -> str:
 
 def _graft_text(rs: list[dict], n: int, long: int) -> str:
     """The graft test's part of the verdict at one context and budget: the share of S2-Attn's gap closed by each of
-    full FT's weights put in its place, and opened in full FT by S2-Attn's W_q and W_k."""
+    full FT's weights put in its place (and by W_q and W_k of the layer that closes most, and of its two heads that
+    close most, where recorded), and opened in full FT by S2-Attn's W_q and W_k."""
     got = grafted({"rows": rs}, context=n, steps=long).get(("s2", long))
     if got is None:  # files recorded before the graft test
         return ""
     closed, opened = got["closed"], got["opened"]
+    where = ""
+    if "by_layer" in got:  # files recorded since the test by layer was added
+        layer = max(range(len(got["by_layer"])), key=lambda i: got["by_layer"][i])
+        where = f"; layer {layer}'s alone {100 * got['by_layer'][layer]:.0f}%"
+        if "by_head" in got:
+            first, second = sorted(range(len(got["by_head"][layer])), key=lambda h: -got["by_head"][layer][h])[:2]
+            where += (f", its head {first} alone {100 * got['by_head'][layer][first]:.0f}%, head {second} "
+                      f"{100 * got['by_head'][layer][second]:.0f}%")
     return (f"; grafting full FT's weights into S2-Attn (same seed) closes {100 * closed['W_q, W_k']:.0f}% of its gap "
             f"with W_q and W_k ({100 * closed['W_q, W_k slow pairs']:.0f}% with their slow pairs' rows only, "
-            f"{100 * closed['W_q, W_k fast pairs']:.0f}% with the fast pairs' only), "
+            f"{100 * closed['W_q, W_k fast pairs']:.0f}% with the fast pairs' only{where}), "
             f"{100 * closed['W_v, W_o']:.0f}% with W_v and W_o, {100 * closed['outside attention']:.0f}% with every "
             f"weight outside attention; S2-Attn's W_q and W_k in full FT open {100 * opened['W_q, W_k']:.0f}% of it "
             f"(the slow pairs' rows only {100 * opened['W_q, W_k slow pairs']:.0f}%, the fast pairs' "
