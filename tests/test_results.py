@@ -259,8 +259,15 @@ def test_graft_test_is_the_mean_of_the_seeds_by_hand():
                 assert g["opened"][name] == pytest.approx(
                     sum((r["full_grafted"][name] - full[(r["seed"], steps)]) / gap[r["seed"]] for r in seeds) / 3,
                     rel=1e-12)
+            layer1 = [(r["ppl"] - r["grafted_by_layer"][1]) / gap[r["seed"]] for r in seeds]  # one layer at a time
+            assert g["by_layer"][1] == pytest.approx(sum(layer1) / 3, rel=1e-12)
+            assert ("by_head" in g) == ((n, steps) == (2048, 800))  # one head at a time: the longest only
+            if "by_head" in g:
+                head = [(r["ppl"] - r["grafted_by_head"][1][2]) / gap[r["seed"]] for r in seeds]
+                assert g["by_head"][1][2] == pytest.approx(sum(head) / 3, rel=1e-12)
     verdict = results.verdict(budget).split("2048 tokens: ")[1]
     assert f"closes {100 * got[('s2', 800)]['closed']['W_q, W_k']:.0f}% of its gap with W_q and W_k" in verdict
+    assert f"layer 1's alone {100 * got[('s2', 800)]['by_layer'][1]:.0f}%, its head 2 alone" in verdict
 
 
 def test_curve_gaps_pair_each_seed_with_full_attention_by_hand():

@@ -503,7 +503,8 @@ def plot_grafted_heads(result: dict, context: int | None = None):
         ax.imshow(share, cmap="Blues", vmin=0, vmax=100)
         for (layer, head), v in zip(((i, h) for i in range(share.shape[0]) for h in range(share.shape[1])),
                                     share.flatten().tolist()):
-            ax.text(head, layer, f"{v:.0f}", ha="center", va="center", fontsize=8, color="white" if v > 50 else "k")
+            ax.text(head, layer, f"{round(v)}", ha="center", va="center", fontsize=8, color="white" if v > 50 else "k")
+        ax.grid(False)
         ax.set_xticks(range(share.shape[1]))
         ax.set_yticks(range(share.shape[0]), [f"layer {i} (all: {100 * v:.0f}%)" for i, v in enumerate(g["by_layer"])])
         ax.set_xlabel("head")
