@@ -131,8 +131,8 @@ class Runner:
             write_json(path, cache, default=jsonable)
         return cache[key]
 
-    def _weights(self, source) -> str:
-        """The weights of a run's key (or "base")."""
+    def _weights(self, source: str) -> str:
+        """The weights of a run (by its key) or of "base"."""
         return self.plan.base if source == "base" else str(self.cache / source / "final")
 
     def _model(self, source, attention: str = "full", rope_factor: float | None = None,
@@ -149,7 +149,7 @@ class Runner:
                              group_size_ratio=cfg.group_size_ratio, n_sink=cfg.n_sink, eval_attention="train")
         elif attention.startswith("local "):  # "local F": a sliding window of F x the evaluated length
             overrides.update(attention="local", group_size_ratio=float(attention.split()[1]), eval_attention="train")
-        model = from_hf(self.plan.base if source == "base" else source["final"], **overrides).eval()
+        model = from_hf(self._weights(source if source == "base" else source["key"]), **overrides).eval()
         if grafted is not None:
             donor = from_hf(self._weights(grafted["donor"])).state_dict()
             graft(model, donor, grafted["names"], grafted.get("pairs"), grafted.get("heads"))

@@ -17,7 +17,7 @@ attention that lands on the first K tokens; `distance_mass`, the share that the 
 each distance (table1_budget: where does a grouped model's attention go beyond its break?); `score_by_frequency`, how
 much each rotary frequency adds to the score of a far key against a near one (and why); `rotary_phase`, where on its
 cosine one frequency's part of the score lies, and `rotate_query_pair`, a weight edit that moves it; `graft`, another
-model's weights (all of some matrices, or only some rotary pairs' rows) put in a model's place.
+model's weights (whole matrices, or only the rows of W_q and W_k of some rotary pairs or heads) put in a model's place.
 """
 
 from __future__ import annotations

@@ -99,9 +99,9 @@ def rows(plan: Plan, runner, seeds) -> list[dict]:
                     else:
                         row.update(_phase_turned(runner, run, n, phase["pair"], phases, full_run, full_phases,
                                                  base_phase["phase"], setting))
+                        shape = len(phase["phase"]), len(phase["phase"][0])  # layers, heads
                         by_head = factor == max(T1_BUDGET_FACTORS) and budget == max(T1_BUDGETS)
-                        row.update(_grafted(runner, run, n, full_run, phase["pair"], len(phase["phase"]),
-                                            len(phase["phase"][0]) if by_head else 0))
+                        row.update(_grafted(runner, run, n, full_run, phase["pair"], shape, by_head))
                     out.append({**row, **run_fields(run)})
             if seed == seeds[0]:  # the starting point's attention: the base with the runs' interpolation
                 out.append({"setting": "base+PI", "steps": 0, "context": n, "seed": None,
@@ -155,11 +155,12 @@ def _phase_turned(runner, run, n: int, pair: int, phases: dict, full_run, full_p
                                                                                   ("ppl_own_pattern", "train"))}}}
 
 
-def _grafted(runner, run, n: int, full_run, pair: int, layers: int, heads: int) -> dict:
+def _grafted(runner, run, n: int, full_run, pair: int, shape: tuple[int, int], by_head: bool) -> dict:
     """A grouped run's fields of the graft test (GRAFTS; `pair`: the phase test's), all tested with full attention:
     "grafted", its perplexity with each set of full FT's weights (same seed) in place of its own; "full_grafted",
     full FT's with each of GRAFTS_INTO_FULL of this run's; "grafted_by_layer", its perplexity with full FT's W_q and
-    W_k in one layer at a time; and where `heads` > 0, "grafted_by_head", in one head at a time (layers x heads)."""
+    W_k in one layer at a time; and with `by_head`, "grafted_by_head", in one head at a time (`shape`: layers x
+    heads)."""
     rows = {None: None, "slow": [pair - 1, pair, pair + 1], "fast": list(range(pair - 1))}
 
     def ppl(model, donor, name: str) -> float:
@@ -171,10 +172,11 @@ def _grafted(runner, run, n: int, full_run, pair: int, layers: int, heads: int) 
         spec = {"donor": full_run["key"], "names": names, "pairs": None, **({} if head is None else {"heads": [head]})}
         return runner.ppl(run, n, grafted=spec)["ppl"]
 
+    layers, heads = shape
     return {"grafted": {name: ppl(run, full_run, name) for name in GRAFTS},
             "full_grafted": {name: ppl(full_run, run, name) for name in GRAFTS_INTO_FULL},
             "grafted_by_layer": [qk(i) for i in range(layers)],
-            **({"grafted_by_head": [[qk(i, h) for h in range(heads)] for i in range(layers)]} if heads else {})}
+            **({"grafted_by_head": [[qk(i, h) for h in range(heads)] for i in range(layers)]} if by_head else {})}
 
 
 def _paper_context(result: dict, n: int) -> int:
