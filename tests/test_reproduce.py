@@ -222,8 +222,17 @@ def test_table1_budget_reuses_table1s_runs_and_doubles_the_steps(base_dir, dirs,
             assert [len(r["grafted_by_head"]), len(r["grafted_by_head"][0])] == [layers, heads]
             assert sorted((g["names"][0], g["heads"]) for g in one_layer if "heads" in g) == sorted(
                 (f"layers.{i}.self_attn.q_proj", [h]) for i in range(layers) for h in range(heads))
+            hidden = r["far_keys_hidden"]  # and with far keys hidden: every head, a layer's, the two that graft best
+            flat = [p for layer in r["grafted_by_head"] for p in layer]
+            assert hidden["heads"] == sorted([list(divmod(i, heads)) for i in sorted(range(len(flat)),
+                                                                                   key=flat.__getitem__)[:2]])
+            assert len(hidden["by_layer"]) == layers and all(p > 1 for p in hidden["by_layer"])
+            masked = {json.dumps(s.get("heads")) for s in map(json.loads, evals) if s.get("attention") == "window 0.5"}
+            assert masked == {"null", json.dumps(hidden["heads"])} | {
+                json.dumps([[i, h] for h in range(heads)]) for i in range(layers)}
         else:
             assert "grafted_by_head" not in r and all("heads" not in g for g in one_layer)
+            assert "far_keys_hidden" not in r
         grafts = [g for g in grafts if g not in one_layer]
         assert sorted((g["donor"], tuple(g["names"]), str(g["pairs"])) for g in grafts) == sorted(
             (full_run, names, str({None: None, "slow": [pair - 1, pair, pair + 1], "fast": list(range(pair - 1))}[w]))

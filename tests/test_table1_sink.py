@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from einops import rearrange
 
 from minilongllora import Llama, LlamaConfig
 from minilongllora.reproduce import table1_sink
@@ -57,6 +58,31 @@ def test_window_key_mask_equals_the_local_pattern():
     tokens = torch.randint(0, 256, (2, 64))
     with torch.no_grad():
         torch.testing.assert_close(KeyMasked(plain, "window 0.25")(tokens), local(tokens), rtol=1e-5, atol=1e-5)
+
+
+def test_key_mask_in_some_heads_only_against_the_dense_oracle(kernel):  # noqa: F811
+    """`heads`: the test's mask in those heads only. Every head gives the plain KeyMasked, none the model's own
+    logits; head 1 of layer 0 windowed gives layer 0's attention as the dense oracle computes it with a per-head
+    mask (window for head 1, causal for the others), in float64."""
+    from minilongllora.reference import dense_attention
+
+    model, tokens = _model(layers=2).double(), torch.randint(0, 256, (2, 48))
+    every = [[layer, h] for layer in range(2) for h in range(4)]
+    with torch.no_grad():
+        torch.testing.assert_close(KeyMasked(model, "window 0.25", every)(tokens),
+                                   KeyMasked(model, "window 0.25")(tokens), atol=1e-12, rtol=1e-12)
+        torch.testing.assert_close(KeyMasked(model, "window 0.25", [])(tokens), model(tokens), atol=1e-10, rtol=1e-10)
+        one = _model(layers=1).double()
+        x = one.embed_tokens(tokens)
+        cos, sin = one.rope(0, 48, x)
+        block = one.layers[0]
+        q, k, v = block.self_attn.qkv(block.input_layernorm(x), cos, sin)
+        masks = torch.stack([key_mask("window 0.25" if h == 1 else "full", 48) for h in range(4)])
+        out = rearrange(dense_attention(q, k, v, masks), "b h n d -> b n (h d)")
+        x = x + block.self_attn.o_proj(out)
+        want = one.lm_head(one.norm(x + block.mlp(block.post_attention_layernorm(x))))
+        torch.testing.assert_close(KeyMasked(one, "window 0.25", [[0, 1]])(tokens), want, atol=1e-10, rtol=1e-10)
+        assert not torch.allclose(KeyMasked(one, "window 0.25", [[0, 2]])(tokens), want)  # another head: not it
 
 
 def _changed_positions(model, test: str, n: int, perturb: list[int]) -> list[int]:

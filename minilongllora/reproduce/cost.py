@@ -74,8 +74,9 @@ class CostRunner:
         key = run if run == "base" else run["key"]
         self._once((kind, key, n, attention, rope_factor, *edits), forward_seconds(count * n, n, span))
 
-    def ppl(self, run, n, attention="full", rope_factor=None, split="validation", rotate=None, grafted=None):
-        self._forward(f"ppl {split}", run, n, attention, rope_factor, self.plan.ppl_windows, rotate, grafted)
+    def ppl(self, run, n, attention="full", rope_factor=None, split="validation", rotate=None, grafted=None,
+            heads=None):
+        self._forward(f"ppl {split}", run, n, attention, rope_factor, self.plan.ppl_windows, rotate, grafted, heads)
         return {"ppl": 1.0}
 
     def last_quarter(self, run, n, attention="full", rope_factor=None, split="validation", rotate=None):

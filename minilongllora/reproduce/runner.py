@@ -136,12 +136,13 @@ class Runner:
         return self.plan.base if source == "base" else str(self.cache / source / "final")
 
     def _model(self, source, attention: str = "full", rope_factor: float | None = None,
-               rotate: dict | list | None = None, grafted: dict | None = None):
+               rotate: dict | list | None = None, grafted: dict | None = None, heads: list | None = None):
         """The model of a run (or "base") for testing: full attention; "train": its own training pattern; "local F":
         a sliding window of F x the evaluated length; a key test of sinks.py ("no_first K", "window_sinks F K", …).
         `rotate` ({"pair", "angles", …}, or a list of them): its queries at that rotary frequency turned
         (`sinks.rotate_query_pair`); `grafted` ({"donor": a run's key or "base", "names", "pairs", and "heads" where
-        given}): the donor's weights put in place of its own (`sinks.graft`)."""
+        given}): the donor's weights put in place of its own (`sinks.graft`); `heads` ([layer, head] pairs): a key
+        test in those heads only."""
         overrides = {} if rope_factor is None else {"rope_scaling": linear_scaling(rope_factor)}
         if source != "base" and attention == "train":
             cfg = source["config"]
@@ -157,7 +158,7 @@ class Runner:
             for edit in rotate if isinstance(rotate, list) else [rotate]:
                 rotate_query_pair(model, edit["pair"], edit["angles"])
         if attention.split()[0] in KEY_TESTS and attention != "full":
-            return KeyMasked(model, attention).eval()
+            return KeyMasked(model, attention, heads).eval()
         return model
 
     def documents(self, split: str = "validation") -> list:
@@ -166,16 +167,17 @@ class Runner:
         return self._split_docs[split]
 
     def ppl(self, run, n: int, attention: str = "full", rope_factor: float | None = None,
-            split: str = "validation", rotate: dict | list | None = None, grafted: dict | None = None) -> dict:
-        """Sliding-window perplexity of a run (or of "base", with linear PI by `rope_factor` where given; `rotate`
-        and `grafted`: see `_model`)."""
+            split: str = "validation", rotate: dict | list | None = None, grafted: dict | None = None,
+            heads: list | None = None) -> dict:
+        """Sliding-window perplexity of a run (or of "base", with linear PI by `rope_factor` where given; `rotate`,
+        `grafted` and `heads`: see `_model`)."""
         spec = {"kind": "ppl", "n": n, "stride": min(STRIDE, n), "windows": self.plan.ppl_windows,
                 "attention": attention,
                 **_given(rope_factor=rope_factor, split=None if split == "validation" else split, rotate=rotate,
-                         grafted=grafted)}
+                         grafted=grafted, heads=heads)}
 
         def compute():
-            r = perplexity(self._model(run, attention, rope_factor, rotate, grafted), self.documents(split), n,
+            r = perplexity(self._model(run, attention, rope_factor, rotate, grafted, heads), self.documents(split), n,
                            stride=min(STRIDE, n), max_windows=self.plan.ppl_windows, batch_size=4, progress=False)
             return {"ppl": r["ppl"], "ppl_tokens": r["tokens_scored"], "ppl_windows": r["windows"]}
 

@@ -58,23 +58,28 @@ def key_mask(test: str, n: int) -> torch.Tensor:
 
 
 class KeyMasked(nn.Module):
-    """A Llama evaluated with `key_mask(test, n)` in every layer and head: (b, n) tokens -> (b, n, vocab) logits.
-    The same blocks as `model.Block.forward`, with the attention read under the mask."""
+    """A Llama evaluated with `key_mask(test, n)` in every layer and head, or only in `heads` ([layer, head] pairs;
+    the others read causally): (b, n) tokens -> (b, n, vocab) logits. The same blocks as `model.Block.forward`, with
+    the attention read under the mask."""
 
-    def __init__(self, model: nn.Module, test: str):
+    def __init__(self, model: nn.Module, test: str, heads: list | None = None):
         super().__init__()
         parse_test(test)
-        self.model, self.test = model, test
+        self.model, self.test, self.heads = model, test, heads
 
     def forward(self, tokens: torch.Tensor, check_context: bool = True) -> torch.Tensor:
         m, n = self.model, tokens.shape[1]
         x = m.embed_tokens(tokens)  # (b, n, dim)
         cos, sin = m.rope(0, n, x)
         mask = key_mask(self.test, n).to(x.device)
-        for layer in m.layers:
+        for i, layer in enumerate(m.layers):
             attn = layer.self_attn
             q, k, v = attn.qkv(layer.input_layernorm(x), cos, sin)  # (b, h, n, d), (b, k, n, d)
             out = sdpa(q, k, v, causal=False, mask=mask)
+            if self.heads is not None:  # the chosen heads of this layer under the mask, the others causal
+                chosen = torch.zeros(q.shape[1], dtype=torch.bool, device=x.device)
+                chosen[[h for at, h in self.heads if at == i]] = True
+                out = torch.where(chosen[:, None, None], out, sdpa(q, k, v, causal=True))
             x = x + attn.o_proj(rearrange(out, "b h n d -> b n (h d)"))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         return m.lm_head(m.norm(x))

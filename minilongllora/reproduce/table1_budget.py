@@ -55,7 +55,10 @@ GRAFTS = {"W_q, W_k": (("q_proj", "k_proj"), None), "W_v, W_o": (("v_proj", "o_p
           "W_q, W_k slow pairs": (("q_proj", "k_proj"), "slow"), "W_q, W_k fast pairs": (("q_proj", "k_proj"), "fast")}
 GRAFTS_INTO_FULL = ("W_q, W_k", "W_q, W_k slow pairs", "W_q, W_k fast pairs")
 # and full FT's W_q and W_k in one layer at a time (every grouped row), and in one head at a time (the rows at the
-# longest context and budget): which heads carry the break?
+# longest context and budget): which heads carry the break? There, each grouped model is also tested with the keys
+# beyond a window of n/2 hidden (sinks.KeyMasked, notebook 16's test) in every head, in one layer's heads at a time,
+# and in the two heads whose graft closes most; full FT with the same keys hidden: do those heads' far keys do it?
+HIDDEN = "window 0.5"
 PAPER = {"source": "LongLoRA v3 Table 1 (PAPER.md §1), its 16384 and 32768 columns (4x and 8x Llama 2's 4096)",
          "setup": "the paper has no budget ablation: Table 1 at the same multiples (its 1000 steps) for reference.",
          "rows": [{"setting": s, "steps": 1000, "context": 4096 * f, "ppl": PAPER_PPL[s][i]}
@@ -102,6 +105,9 @@ def rows(plan: Plan, runner, seeds) -> list[dict]:
                         shape = len(phase["phase"]), len(phase["phase"][0])  # layers, heads
                         by_head = factor == max(T1_BUDGET_FACTORS) and budget == max(T1_BUDGETS)
                         row.update(_grafted(runner, run, n, full_run, phase["pair"], shape, by_head))
+                        if by_head:
+                            row["far_keys_hidden"] = _far_keys_hidden(runner, run, n, full_run, shape,
+                                                                      row["grafted_by_head"])
                     out.append({**row, **run_fields(run)})
             if seed == seeds[0]:  # the starting point's attention: the base with the runs' interpolation
                 out.append({"setting": "base+PI", "steps": 0, "context": n, "seed": None,
@@ -177,6 +183,22 @@ def _grafted(runner, run, n: int, full_run, pair: int, shape: tuple[int, int], b
             "full_grafted": {name: ppl(full_run, run, name) for name in GRAFTS_INTO_FULL},
             "grafted_by_layer": [qk(i) for i in range(layers)],
             **({"grafted_by_head": [[qk(i, h) for h in range(heads)] for i in range(layers)]} if by_head else {})}
+
+
+def _far_keys_hidden(runner, run, n: int, full_run, shape: tuple[int, int], by_head: list) -> dict:
+    """A grouped run's perplexity with the keys beyond HIDDEN's window hidden: "all" (every head), "by_layer" (the
+    heads of one layer at a time), "heads" and "these_heads" (the two heads whose graft closes most, `by_head`:
+    layers x heads of perplexities), and full FT's with the same keys hidden ("full_all", "full_these_heads")."""
+    layers, heads = shape
+    flat = sorted(range(layers * heads), key=lambda i: by_head[i // heads][i % heads])[:2]  # lowest perplexity
+    two = [[i // heads, i % heads] for i in sorted(flat)]
+
+    def ppl(model, hidden: list | None = None) -> float:
+        return runner.ppl(model, n, HIDDEN, heads=hidden)["ppl"]
+
+    return {"all": ppl(run), "by_layer": [ppl(run, [[i, h] for h in range(heads)]) for i in range(layers)],
+            "heads": two, "these_heads": ppl(run, two),
+            "full_all": ppl(full_run), "full_these_heads": ppl(full_run, two)}
 
 
 def _paper_context(result: dict, n: int) -> int:
