@@ -251,6 +251,12 @@ def test_table1_budget_reuses_table1s_runs_and_doubles_the_steps(base_dir, dirs,
     assert {k for k, g in longest.items() if "by_head" in g} == {(s, 2 * steps) for s in rep.table1_budget.GROUPED}
     fig = rep.table1_budget.plot_grafted_heads(result)  # one panel per grouped setting, a cell per layer and head
     assert len(fig.axes) == len(rep.table1_budget.GROUPED) and len(fig.axes[0].texts) == layers * heads
+    hidden = rep.table1_budget.far_keys_hidden(result)  # the longest context and budget only
+    assert set(hidden) == {(s, 2 * steps) for s in rep.table1_budget.GROUPED}
+    seeds = len(result["settings"]["seeds"])
+    assert all(len(g["by_layer"]) == layers and len(g["heads"]) == seeds for g in hidden.values())
+    fig = rep.table1_budget.plot_far_keys_hidden(result)  # every head, each layer's, the two heads: per setting
+    assert len(fig.axes[0].patches) == len(hidden) * (layers + 2)
     got = rep.table1_budget.phase_turned(result)
     assert set(got) == {(s, k * steps) for s in rep.table1_budget.GROUPED for k in rep.T1_BUDGETS}
     assert all(g["closed"][0] == 0 and g["own_change"][0] == 0 for g in got.values())  # t = 0: as trained
@@ -272,6 +278,7 @@ def test_table1_budget_reuses_table1s_runs_and_doubles_the_steps(base_dir, dirs,
     assert verdict.count("slow-frequency query phases onto full FT's") == len(rep.T1_BUDGET_FACTORS)
     assert verdict.count("grafting full FT's weights into S2-Attn") == len(rep.T1_BUDGET_FACTORS)
     assert verdict.count("'s alone") == len(rep.T1_BUDGET_FACTORS) and verdict.count(", its head ") == 1
+    assert verdict.count("hiding the keys more than 0.5 x n back from the two heads") == 1
 
 
 def test_table1_window_reuses_table1s_runs_and_full_window_is_full_attention(base_dir, dirs, capsys):

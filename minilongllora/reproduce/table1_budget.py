@@ -537,6 +537,62 @@ def plot_grafted_heads(result: dict, context: int | None = None):
     return fig
 
 
+def far_keys_hidden(result: dict, **match) -> dict:
+    """{(setting, steps): the far-key test of a grouped setting (HIDDEN), mean of the seeds} of the rows whose fields
+    equal `match`: "all", "by_layer" and "these_heads", the share of its gap to full FT (same seed) closed with the
+    keys beyond the window hidden in every head, in one layer's heads, in the two heads whose graft closes most;
+    "heads", those two heads for each seed; "full_all" and "full_these_heads", full FT's change with the same keys
+    hidden."""
+    rs = [r for r in result["rows"] if all(r.get(k) == v for k, v in match.items())]
+    full = {(r["seed"], r["steps"], r["context"]): r["ppl"] for r in rs if r["setting"] == "full"}
+    per_seed = {}
+    for r in (r for r in rs if r.get("far_keys_hidden")):
+        h, ref = r["far_keys_hidden"], full[(r["seed"], r["steps"], r["context"])]
+        closed = lambda p: (r["ppl"] - p) / (r["ppl"] - ref)  # noqa: E731
+        per_seed.setdefault((r["setting"], r["steps"]), []).append({
+            "all": closed(h["all"]), "by_layer": [closed(p) for p in h["by_layer"]],
+            "these_heads": closed(h["these_heads"]), "heads": h["heads"],
+            "full_all": h["full_all"] / ref - 1, "full_these_heads": h["full_these_heads"] / ref - 1})
+    mean_ = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    return {key: {"all": mean_([x["all"] for x in xs]),
+                  "by_layer": [mean_(col) for col in zip(*(x["by_layer"] for x in xs))],
+                  "these_heads": mean_([x["these_heads"] for x in xs]), "heads": [x["heads"] for x in xs],
+                  "full_all": mean_([x["full_all"] for x in xs]),
+                  "full_these_heads": mean_([x["full_these_heads"] for x in xs])}
+            for key, xs in per_seed.items()}
+
+
+def plot_far_keys_hidden(result: dict, context: int | None = None):
+    """The far-key test at `context` (default the longest), mean of the seeds: the share of each grouped model's gap
+    to full FT closed with the keys beyond HIDDEN's window hidden in every head, in one layer's heads at a time, and
+    in the two heads whose graft closes most; full FT's own change under the same hiding in the legend."""
+    from ..plotting import color
+
+    n = context or max(r["context"] for r in result["rows"])
+    got = far_keys_hidden(result, context=n)
+    if not got:
+        raise ValueError(f"{result['name']}: no row at {n} tokens has the far-key test")
+    fig, (ax,) = figure(ncols=1, width=8.0)
+    keys = sorted(got, key=lambda k: GROUPED.index(k[0]))
+    width = 0.8 / len(keys)
+    for i, key in enumerate(keys):
+        g = got[key]
+        bars = [g["all"], *g["by_layer"], g["these_heads"]]
+        ax.bar([j + (i - len(keys) / 2 + 0.5) * width for j in range(len(bars))], [100 * v for v in bars], width,
+               color=color(key[0]), label=f"{key[0]}, {key[1]} steps (full FT: {pct(g['full_all'])} with every "
+                                          f"head's, {pct(g['full_these_heads'])} with the two heads')")
+    heads = " and ".join(f"layer {a} head {b}" for a, b in got[keys[0]]["heads"][0])
+    names = ["every head", *[f"layer {i}'s\nheads" for i in range(len(got[keys[0]]["by_layer"]))],
+             heads.replace(" and ", "\nand ")]
+    ax.set_xticks(range(len(names)), names, fontsize=7)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.axhline(100, color="gray", ls=":", lw=0.8)
+    label_axes(ax, f"n = {n}: keys more than {HIDDEN.split()[1]} x n back hidden" + quick_note(result),
+               "in which heads", "share of the gap to full FT closed (%)", legend=7)
+    fig.tight_layout()
+    return fig
+
+
 def plot_rotary_phase(result: dict, context: int | None = None, heads: int = 2, theta: float = 10000.0):
     """Where each model's window lies on the slow frequency's cosine, at `context` (default the longest), for the
     `heads` heads whose phase S2-Attn moved furthest from full FT's (magnitude x angle, longer budget): that
@@ -609,7 +665,8 @@ def _phase_text(rs: list[dict], n: int, long: int) -> str:
 def _graft_text(rs: list[dict], n: int, long: int) -> str:
     """The graft test's part of the verdict at one context and budget: the share of S2-Attn's gap closed by each of
     full FT's weights put in its place (and by W_q and W_k of the layer that closes most, and of its two heads that
-    close most, where recorded), and opened in full FT by S2-Attn's W_q and W_k."""
+    close most, where recorded), opened in full FT by S2-Attn's W_q and W_k, and closed by hiding the far keys from
+    two heads (`far_keys_hidden`, where recorded)."""
     got = grafted({"rows": rs}, context=n, steps=long).get(("s2", long))
     if got is None:  # files recorded before the graft test
         return ""
@@ -622,13 +679,18 @@ def _graft_text(rs: list[dict], n: int, long: int) -> str:
             first, second = sorted(range(len(got["by_head"][layer])), key=lambda h: -got["by_head"][layer][h])[:2]
             where += (f", its head {first} alone {100 * got['by_head'][layer][first]:.0f}%, head {second} "
                       f"{100 * got['by_head'][layer][second]:.0f}%")
+    hidden, far = far_keys_hidden({"rows": rs}, context=n, steps=long).get(("s2", long)), ""
+    if hidden is not None:  # files recorded since the far-key test was added
+        far = (f"; hiding the keys more than {HIDDEN.split()[1]} x n back from the two heads whose graft closes most "
+               f"closes {100 * hidden['these_heads']:.0f}% (from every head {100 * hidden['all']:.0f}%; full FT "
+               f"{pct(hidden['full_these_heads'])} / {pct(hidden['full_all'])})")
     return (f"; grafting full FT's weights into S2-Attn (same seed) closes {100 * closed['W_q, W_k']:.0f}% of its gap "
             f"with W_q and W_k ({100 * closed['W_q, W_k slow pairs']:.0f}% with their slow pairs' rows only, "
             f"{100 * closed['W_q, W_k fast pairs']:.0f}% with the fast pairs' only{where}), "
             f"{100 * closed['W_v, W_o']:.0f}% with W_v and W_o, {100 * closed['outside attention']:.0f}% with every "
             f"weight outside attention; S2-Attn's W_q and W_k in full FT open {100 * opened['W_q, W_k']:.0f}% of it "
             f"(the slow pairs' rows only {100 * opened['W_q, W_k slow pairs']:.0f}%, the fast pairs' "
-            f"{100 * opened['W_q, W_k fast pairs']:.0f}%)")
+            f"{100 * opened['W_q, W_k fast pairs']:.0f}%){far}")
 
 
 def _at(rs: list[dict], n: int, short: int, long: int) -> str:
