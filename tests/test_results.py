@@ -268,6 +268,17 @@ def test_graft_test_is_the_mean_of_the_seeds_by_hand():
     verdict = results.verdict(budget).split("2048 tokens: ")[1]
     assert f"closes {100 * got[('s2', 800)]['closed']['W_q, W_k']:.0f}% of its gap with W_q and W_k" in verdict
     assert f"layer 1's alone {100 * got[('s2', 800)]['by_layer'][1]:.0f}%, its head 2 alone" in verdict
+    hidden = rep.table1_budget.far_keys_hidden(budget, context=2048)  # the far keys hidden from two heads, by hand
+    rows = [r for r in budget["rows"] if (r["context"], r["steps"]) == (2048, 800)]
+    full = {r["seed"]: r["ppl"] for r in rows if r["setting"] == "full"}
+    for setting in ("short", "s2"):
+        seeds = [r for r in rows if r["setting"] == setting]
+        assert hidden[(setting, 800)]["these_heads"] == pytest.approx(sum(
+            (r["ppl"] - r["far_keys_hidden"]["these_heads"]) / (r["ppl"] - full[r["seed"]]) for r in seeds) / 3)
+        assert hidden[(setting, 800)]["full_all"] == pytest.approx(sum(
+            r["far_keys_hidden"]["full_all"] / full[r["seed"]] - 1 for r in seeds) / 3)
+        assert hidden[(setting, 800)]["heads"] == [r["far_keys_hidden"]["heads"] for r in seeds]
+    assert f"two heads whose graft closes most closes {100 * hidden[('s2', 800)]['these_heads']:.0f}%" in verdict
 
 
 def test_curve_gaps_pair_each_seed_with_full_attention_by_hand():

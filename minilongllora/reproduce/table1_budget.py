@@ -587,6 +587,7 @@ def plot_far_keys_hidden(result: dict, context: int | None = None):
     ax.set_xticks(range(len(names)), names, fontsize=7)
     ax.axhline(0, color="k", lw=0.8)
     ax.axhline(100, color="gray", ls=":", lw=0.8)
+    ax.set_ylim(top=135)  # room for the legend above the bars
     label_axes(ax, f"n = {n}: keys more than {HIDDEN.split()[1]} x n back hidden" + quick_note(result),
                "in which heads", "share of the gap to full FT closed (%)", legend=7)
     fig.tight_layout()
