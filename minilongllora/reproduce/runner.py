@@ -159,6 +159,8 @@ class Runner:
                 rotate_query_pair(model, edit["pair"], edit["angles"])
         if attention.split()[0] in KEY_TESTS and attention != "full":
             return KeyMasked(model, attention, heads).eval()
+        if heads is not None:
+            raise ValueError(f"heads= picks the heads of a key test; {attention!r} is none")
         return model
 
     def documents(self, split: str = "validation") -> list:

@@ -11,13 +11,14 @@ sinks or the distance? Each test below hides a different set of keys from every 
     window F        a sliding window: query i reads keys i − F·n < j ≤ i (StreamingLLM's "window attention")
     window_sinks F K  the window, plus the first K tokens (StreamingLLM's evaluation)
 
-`KeyMasked` runs a Llama's layers with one such (n, n) mask through SDPA; with the causal mask it gives the model's
-own logits (tests/test_table1_sink.py). `first_token_mass` reads `Llama.attention_maps`: the share of each head's
-attention that lands on the first K tokens; `distance_mass`, the share that the window's last queries put on keys at
-each distance (table1_budget: where does a grouped model's attention go beyond its break?); `score_by_frequency`, how
-much each rotary frequency adds to the score of a far key against a near one (and why); `rotary_phase`, where on its
-cosine one frequency's part of the score lies, and `rotate_query_pair`, a weight edit that moves it; `graft`, another
-model's weights (whole matrices, or only the rows of W_q and W_k of some rotary pairs or heads) put in a model's place.
+`KeyMasked` runs a Llama's layers with one such (n, n) mask through SDPA, in every head or in some heads only; with the
+causal mask it gives the model's own logits (tests/test_table1_sink.py). `first_token_mass` reads
+`Llama.attention_maps`: the share of each head's attention that lands on the first K tokens; `distance_mass`, the share
+that the window's last queries put on keys at each distance (table1_budget: where does a grouped model's attention go
+beyond its break?); `score_by_frequency`, how much each rotary frequency adds to the score of a far key against a near
+one (and why); `rotary_phase`, where on its cosine one frequency's part of the score lies, and `rotate_query_pair`, a
+weight edit that moves it; `graft`, another model's weights (whole matrices, or only the rows of W_q and W_k of some
+rotary pairs or heads) put in a model's place.
 """
 
 from __future__ import annotations
