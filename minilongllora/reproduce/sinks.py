@@ -76,11 +76,15 @@ class KeyMasked(nn.Module):
         for i, layer in enumerate(m.layers):
             attn = layer.self_attn
             q, k, v = attn.qkv(layer.input_layernorm(x), cos, sin)  # (b, h, n, d), (b, k, n, d)
-            out = sdpa(q, k, v, causal=False, mask=mask)
-            if self.heads is not None:  # the chosen heads of this layer under the mask, the others causal
-                chosen = torch.zeros(q.shape[1], dtype=torch.bool, device=x.device)
-                chosen[[h for at, h in self.heads if at == i]] = True
-                out = torch.where(chosen[:, None, None], out, sdpa(q, k, v, causal=True))
+            chosen = None if self.heads is None else [h for at, h in self.heads if at == i]
+            if chosen == []:  # no head of this layer is chosen: all of it reads causally
+                out = sdpa(q, k, v, causal=True)
+            else:
+                out = sdpa(q, k, v, causal=False, mask=mask)
+            if chosen:  # the chosen heads of this layer under the mask, the others causal
+                picked = torch.zeros(q.shape[1], dtype=torch.bool, device=x.device)
+                picked[chosen] = True
+                out = torch.where(picked[:, None, None], out, sdpa(q, k, v, causal=True))
             x = x + attn.o_proj(rearrange(out, "b h n d -> b n (h d)"))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         return m.lm_head(m.norm(x))

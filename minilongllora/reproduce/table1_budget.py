@@ -366,6 +366,28 @@ def plot_score_by_frequency(result: dict, context: int | None = None, heads: int
     return fig
 
 
+def _per_seed(result: dict, field: str, shares, **match) -> dict:
+    """{(setting, steps): [shares(row, ref) for each seed]} over the rows that have `field` and whose fields equal
+    `match`, ref being full FT's perplexity of the same seed, budget and context: what the phase, graft and far-key
+    tests share."""
+    rs = [r for r in result["rows"] if all(r.get(k) == v for k, v in match.items())]
+    full = {(r["seed"], r["steps"], r["context"]): r["ppl"] for r in rs if r["setting"] == "full"}
+    out = {}
+    for r in (r for r in rs if r.get(field)):
+        out.setdefault((r["setting"], r["steps"]), []).append(shares(r, full[(r["seed"], r["steps"], r["context"])]))
+    return out
+
+
+def _mean(xs: list):
+    """The mean over seeds of numbers, or of lists or dicts of them, element by element (a dict's fields that some
+    seed lacks, from files recorded before they existed, are left out)."""
+    if isinstance(xs[0], dict):
+        return {k: _mean([x[k] for x in xs]) for k in xs[0] if all(k in x for x in xs)}
+    if isinstance(xs[0], list):
+        return [_mean(list(col)) for col in zip(*xs)]
+    return sum(xs) / len(xs)
+
+
 def phase_turned(result: dict, **match) -> dict:
     """{(setting, steps): the phase test of a grouped setting (PHASE_STEPS), mean of the seeds} of the rows whose
     fields equal `match`: "t" (0: as trained, then PHASE_STEPS), "ppl" and "ppl_own_pattern" at each t, "closed" (the
@@ -374,17 +396,11 @@ def phase_turned(result: dict, **match) -> dict:
     "full_change" (full FT's change turned onto this setting's phases), "base_closed" and "base_own_change" (the
     same two turned back onto the base's phases instead), and "slow_closed" and "slow_own_change" (the same two with
     the three slow pairs turned onto full FT's phases)."""
-    rs = [r for r in result["rows"] if all(r.get(k) == v for k, v in match.items())]
-    full = {(r["seed"], r["steps"], r["context"]): r["ppl"] for r in rs if r["setting"] == "full"}
-    per_seed = {}
-    for r in rs:
-        if not r.get("phase_turned"):
-            continue
-        ref = full[(r["seed"], r["steps"], r["context"])]
+    def shares(r: dict, ref: float) -> dict:
         ppl = [r["ppl"]] + [x["ppl"] for x in r["phase_turned"]]
         own = [r["ppl_own_pattern"]] + [x["ppl_own_pattern"] for x in r["phase_turned"]]
         gap = r["ppl"] - ref
-        per_seed.setdefault((r["setting"], r["steps"]), []).append({
+        return {
             "ppl": ppl, "ppl_own_pattern": own, "closed": [(r["ppl"] - p) / gap for p in ppl],
             "by_layer": [(r["ppl"] - p) / gap for p in r["phase_turned_by_layer"]],
             "own_change": [o / own[0] - 1 for o in own], "full_change": [r["full_with_these_phases"] / ref - 1],
@@ -393,10 +409,10 @@ def phase_turned(result: dict, **match) -> dict:
                 "base_own_change": [r["phase_to_base"]["ppl_own_pattern"] / own[0] - 1]}),
             **({} if "phase_turned_slow" not in r else {  # recorded since the three slow pairs were added
                 "slow_closed": [(r["ppl"] - r["phase_turned_slow"]["ppl"]) / gap],
-                "slow_own_change": [r["phase_turned_slow"]["ppl_own_pattern"] / own[0] - 1]})})
-    t = [0.0, *PHASE_STEPS]
-    return {key: {"t": t, **{f: [sum(col) / len(col) for col in zip(*(x[f] for x in xs))] for f in xs[0]}}
-            for key, xs in per_seed.items()}
+                "slow_own_change": [r["phase_turned_slow"]["ppl_own_pattern"] / own[0] - 1]})}
+
+    return {key: {"t": [0.0, *PHASE_STEPS], **_mean(xs)}
+            for key, xs in _per_seed(result, "phase_turned", shares, **match).items()}
 
 
 def plot_phase_turned(result: dict, context: int | None = None):
@@ -451,27 +467,16 @@ def grafted(result: dict, **match) -> dict:
     closes}; "opened", {graft: the share of that gap that full FT opens with the grouped model's weights}; and where
     recorded, "by_layer" (the share closed by full FT's W_q and W_k in one layer at a time) and "by_head" (in one
     head at a time, layers x heads)."""
-    rs = [r for r in result["rows"] if all(r.get(k) == v for k, v in match.items())]
-    full = {(r["seed"], r["steps"], r["context"]): r["ppl"] for r in rs if r["setting"] == "full"}
-    per_seed = {}
-    for r in (r for r in rs if r.get("grafted")):
-        ref = full[(r["seed"], r["steps"], r["context"])]
+    def shares(r: dict, ref: float) -> dict:
         gap = r["ppl"] - ref
-        per_seed.setdefault((r["setting"], r["steps"]), []).append({
-            "closed": {g: (r["ppl"] - p) / gap for g, p in r["grafted"].items()},
-            "opened": {g: (p - ref) / gap for g, p in r["full_grafted"].items()},
-            **({} if "grafted_by_layer" not in r else {  # recorded since the test by layer was added
-                "by_layer": [(r["ppl"] - p) / gap for p in r["grafted_by_layer"]]}),
-            **({} if "grafted_by_head" not in r else {
-                "by_head": [[(r["ppl"] - p) / gap for p in layer] for layer in r["grafted_by_head"]]})})
-    out = {}
-    for key, xs in per_seed.items():
-        out[key] = {f: {g: sum(x[f][g] for x in xs) / len(xs) for g in xs[0][f]} for f in ("closed", "opened")}
-        if all("by_layer" in x for x in xs):
-            out[key]["by_layer"] = [sum(col) / len(col) for col in zip(*(x["by_layer"] for x in xs))]
-        if all("by_head" in x for x in xs):
-            out[key]["by_head"] = torch.tensor([x["by_head"] for x in xs], dtype=torch.float64).mean(0).tolist()
-    return out
+        return {"closed": {g: (r["ppl"] - p) / gap for g, p in r["grafted"].items()},
+                "opened": {g: (p - ref) / gap for g, p in r["full_grafted"].items()},
+                **({} if "grafted_by_layer" not in r else {  # recorded since the test by layer was added
+                    "by_layer": [(r["ppl"] - p) / gap for p in r["grafted_by_layer"]]}),
+                **({} if "grafted_by_head" not in r else {
+                    "by_head": [[(r["ppl"] - p) / gap for p in layer] for layer in r["grafted_by_head"]]})}
+
+    return {key: _mean(xs) for key, xs in _per_seed(result, "grafted", shares, **match).items()}
 
 
 def plot_grafted(result: dict, context: int | None = None):
@@ -543,23 +548,16 @@ def far_keys_hidden(result: dict, **match) -> dict:
     keys beyond the window hidden in every head, in one layer's heads, in the two heads whose graft closes most;
     "heads", those two heads for each seed; "full_all" and "full_these_heads", full FT's change with the same keys
     hidden."""
-    rs = [r for r in result["rows"] if all(r.get(k) == v for k, v in match.items())]
-    full = {(r["seed"], r["steps"], r["context"]): r["ppl"] for r in rs if r["setting"] == "full"}
-    per_seed = {}
-    for r in (r for r in rs if r.get("far_keys_hidden")):
-        h, ref = r["far_keys_hidden"], full[(r["seed"], r["steps"], r["context"])]
+    def shares(r: dict, ref: float) -> dict:
+        h = r["far_keys_hidden"]
         closed = lambda p: (r["ppl"] - p) / (r["ppl"] - ref)  # noqa: E731
-        per_seed.setdefault((r["setting"], r["steps"]), []).append({
-            "all": closed(h["all"]), "by_layer": [closed(p) for p in h["by_layer"]],
-            "these_heads": closed(h["these_heads"]), "heads": h["heads"],
-            "full_all": h["full_all"] / ref - 1, "full_these_heads": h["full_these_heads"] / ref - 1})
-    mean_ = lambda xs: sum(xs) / len(xs)  # noqa: E731
-    return {key: {"all": mean_([x["all"] for x in xs]),
-                  "by_layer": [mean_(col) for col in zip(*(x["by_layer"] for x in xs))],
-                  "these_heads": mean_([x["these_heads"] for x in xs]), "heads": [x["heads"] for x in xs],
-                  "full_all": mean_([x["full_all"] for x in xs]),
-                  "full_these_heads": mean_([x["full_these_heads"] for x in xs])}
-            for key, xs in per_seed.items()}
+        return {"all": closed(h["all"]), "by_layer": [closed(p) for p in h["by_layer"]],
+                "these_heads": closed(h["these_heads"]), "full_all": h["full_all"] / ref - 1,
+                "full_these_heads": h["full_these_heads"] / ref - 1}
+
+    heads = _per_seed(result, "far_keys_hidden", lambda r, ref: r["far_keys_hidden"]["heads"], **match)
+    return {key: {**_mean(xs), "heads": heads[key]}
+            for key, xs in _per_seed(result, "far_keys_hidden", shares, **match).items()}
 
 
 def plot_far_keys_hidden(result: dict, context: int | None = None):
