@@ -227,9 +227,18 @@ def test_table1_budget_reuses_table1s_runs_and_doubles_the_steps(base_dir, dirs,
             assert hidden["heads"] == sorted([list(divmod(i, heads)) for i in sorted(range(len(flat)),
                                                                                    key=flat.__getitem__)[:2]])
             assert len(hidden["by_layer"]) == layers and all(p > 1 for p in hidden["by_layer"])
-            masked = {json.dumps(s.get("heads")) for s in map(json.loads, evals) if s.get("attention") == "window 0.5"}
-            assert masked == {"null", json.dumps(hidden["heads"])} | {
-                json.dumps([[i, h] for h in range(heads)]) for i in range(layers)}
+            alone = hidden["by_head"]  # one head at a time, in the grouped model alone: its two best found
+            assert [len(alone), len(alone[0])] == [layers, heads] and all(p > 1 for p in sum(alone, []))
+            flat = sum(alone, [])
+            assert hidden["found_heads"] == sorted([list(divmod(i, heads)) for i in sorted(range(len(flat)),
+                                                                                         key=flat.__getitem__)[:2]])
+            masked = {(json.dumps(s.get("heads")), s.get("split", "validation")) for s in map(json.loads, evals)
+                      if s.get("attention") == "window 0.5"}
+            assert masked == {(json.dumps(h), "validation") for h in [None, hidden["heads"], hidden["found_heads"]]
+                              + [[[i, h] for h in range(heads)] for i in range(layers)]
+                              + [[[i, h]] for i in range(layers) for h in range(heads)]} | {
+                (json.dumps(h), "test") for h in (None, hidden["heads"], hidden["found_heads"])}
+            assert set(hidden["test"]) == {"all", "these_heads", "found"} and all(p > 1 for p in hidden["test"].values())
         else:
             assert "grafted_by_head" not in r and all("heads" not in g for g in one_layer)
             assert "far_keys_hidden" not in r

@@ -74,7 +74,7 @@ starts from an empty cache; "in order" runs the tables in the order listed, each
     table1          24 min   24 min     9 (9)
     table1_lr       29 min   22 min     12 (9)
     table1_window    8 min    1 min     3 (0)
-    table1_budget   78 min   61 min     12 (6)
+    table1_budget   87 min   71 min     12 (6)
     table1_sink     47 min   31 min     16 (10)
     table8          11 min    6 min     5 (3)
     figure5          5 min    3 min     3 (2)
@@ -83,7 +83,7 @@ starts from an empty cache; "in order" runs the tables in the order listed, each
     figure4          8 min    4 min     3 (1)
     table7          11 min   11 min     5 (5)
     table11          0 min    0 min     0 (0)
-    all                   ~ 3 h 20 min  (60 runs, most of 1.6M tokens; N seeds: about N times as long)
+    all                   ~ 3 h 30 min  (60 runs, most of 1.6M tokens; N seeds: about N times as long)
 
 `--quick` runs every table with 2 steps of 1 sequence at contexts of 2 x 64 … 16 x 64 tokens (PI by context / L
 where that is above 1), 2 evaluation windows, 1 document, 1 passkey trial at 2 lengths: the mechanics in seconds

@@ -188,17 +188,28 @@ def _grafted(runner, run, n: int, full_run, pair: int, shape: tuple[int, int], b
 def _far_keys_hidden(runner, run, n: int, full_run, shape: tuple[int, int], by_head: list) -> dict:
     """A grouped run's perplexity with the keys beyond HIDDEN's window hidden: "all" (every head), "by_layer" (the
     heads of one layer at a time), "heads" and "these_heads" (the two heads whose graft closes most, `by_head`:
-    layers x heads of perplexities), and full FT's with the same keys hidden ("full_all", "full_these_heads")."""
+    layers x heads of perplexities), and full FT's with the same keys hidden ("full_all", "full_these_heads").
+    Without a full-attention model: "by_head" (hidden in one head at a time, layers x heads), "found_heads" and
+    "found" (the two heads whose hiding alone lowers the perplexity most, hidden together). All on the validation
+    split, where the heads are chosen; "test": "all", "these_heads" and "found" on the test split."""
     layers, heads = shape
-    flat = sorted(range(layers * heads), key=lambda i: by_head[i // heads][i % heads])[:2]  # lowest perplexity
-    two = [[i // heads, i % heads] for i in sorted(flat)]
 
-    def ppl(model, hidden: list | None = None) -> float:
-        return runner.ppl(model, n, HIDDEN, heads=hidden)["ppl"]
+    def two(ppl: list) -> list:  # the two heads of the lowest perplexity, in (layer, head) order
+        flat = sorted(range(layers * heads), key=lambda i: ppl[i // heads][i % heads])[:2]
+        return [[i // heads, i % heads] for i in sorted(flat)]
 
+    def ppl(model, hidden: list | None = None, split: str = "validation") -> float:
+        return runner.ppl(model, n, HIDDEN, split=split, heads=hidden)["ppl"]
+
+    chosen = two(by_head)
+    alone = [[ppl(run, [[i, h]]) for h in range(heads)] for i in range(layers)]
+    found = two(alone)
     return {"all": ppl(run), "by_layer": [ppl(run, [[i, h] for h in range(heads)]) for i in range(layers)],
-            "heads": two, "these_heads": ppl(run, two),
-            "full_all": ppl(full_run), "full_these_heads": ppl(full_run, two)}
+            "heads": chosen, "these_heads": ppl(run, chosen),
+            "full_all": ppl(full_run), "full_these_heads": ppl(full_run, chosen),
+            "by_head": alone, "found_heads": found, "found": ppl(run, found),
+            "test": {"all": ppl(run, split="test"), "these_heads": ppl(run, chosen, "test"),
+                     "found": ppl(run, found, "test")}}
 
 
 def _paper_context(result: dict, n: int) -> int:
