@@ -264,8 +264,12 @@ def test_table1_budget_reuses_table1s_runs_and_doubles_the_steps(base_dir, dirs,
     assert set(hidden) == {(s, 2 * steps) for s in rep.table1_budget.GROUPED}
     seeds = len(result["settings"]["seeds"])
     assert all(len(g["by_layer"]) == layers and len(g["heads"]) == seeds for g in hidden.values())
-    fig = rep.table1_budget.plot_far_keys_hidden(result)  # every head, each layer's, the two heads: per setting
-    assert len(fig.axes[0].patches) == len(hidden) * (layers + 2)
+    assert all(len(g["found_heads"]) == seeds and set(g["test"]) == {"all", "these_heads", "found"}
+               for g in hidden.values())
+    fig = rep.table1_budget.plot_far_keys_hidden(result)  # every head, each layer's, the two pairs of heads; test
+    assert len(fig.axes[0].patches) == len(hidden) * (layers + 3) and len(fig.axes[1].patches) == len(hidden) * 3
+    fig = rep.table1_budget.plot_far_keys_heads(result)  # one panel per grouped setting, a cell per layer and head
+    assert len(fig.axes) == len(rep.table1_budget.GROUPED) and len(fig.axes[0].texts) == layers * heads
     got = rep.table1_budget.phase_turned(result)
     assert set(got) == {(s, k * steps) for s in rep.table1_budget.GROUPED for k in rep.T1_BUDGETS}
     assert all(g["closed"][0] == 0 and g["own_change"][0] == 0 for g in got.values())  # t = 0: as trained

@@ -378,11 +378,11 @@ def plot_score_by_frequency(result: dict, context: int | None = None, heads: int
 
 
 def _per_seed(result: dict, field: str, shares, **match) -> dict:
-    """{(setting, steps): [shares(row, ref) for each seed]} over the rows that have `field` and whose fields equal
-    `match`, ref being full FT's perplexity of the same seed, budget and context: what the phase, graft and far-key
-    tests share."""
+    """{(setting, steps): [shares(row, full) for each seed]} over the rows that have `field` and whose fields equal
+    `match`, full being full FT's row of the same seed, budget and context: what the phase, graft and far-key tests
+    share."""
     rs = [r for r in result["rows"] if all(r.get(k) == v for k, v in match.items())]
-    full = {(r["seed"], r["steps"], r["context"]): r["ppl"] for r in rs if r["setting"] == "full"}
+    full = {(r["seed"], r["steps"], r["context"]): r for r in rs if r["setting"] == "full"}
     out = {}
     for r in (r for r in rs if r.get(field)):
         out.setdefault((r["setting"], r["steps"]), []).append(shares(r, full[(r["seed"], r["steps"], r["context"])]))
@@ -407,7 +407,8 @@ def phase_turned(result: dict, **match) -> dict:
     "full_change" (full FT's change turned onto this setting's phases), "base_closed" and "base_own_change" (the
     same two turned back onto the base's phases instead), and "slow_closed" and "slow_own_change" (the same two with
     the three slow pairs turned onto full FT's phases)."""
-    def shares(r: dict, ref: float) -> dict:
+    def shares(r: dict, full: dict) -> dict:
+        ref = full["ppl"]
         ppl = [r["ppl"]] + [x["ppl"] for x in r["phase_turned"]]
         own = [r["ppl_own_pattern"]] + [x["ppl_own_pattern"] for x in r["phase_turned"]]
         gap = r["ppl"] - ref
@@ -478,7 +479,8 @@ def grafted(result: dict, **match) -> dict:
     closes}; "opened", {graft: the share of that gap that full FT opens with the grouped model's weights}; and where
     recorded, "by_layer" (the share closed by full FT's W_q and W_k in one layer at a time) and "by_head" (in one
     head at a time, layers x heads)."""
-    def shares(r: dict, ref: float) -> dict:
+    def shares(r: dict, full: dict) -> dict:
+        ref = full["ppl"]
         gap = r["ppl"] - ref
         return {"closed": {g: (r["ppl"] - p) / gap for g, p in r["grafted"].items()},
                 "opened": {g: (p - ref) / gap for g, p in r["full_grafted"].items()},
@@ -528,14 +530,9 @@ def plot_grafted(result: dict, context: int | None = None):
     return fig
 
 
-def plot_grafted_heads(result: dict, context: int | None = None):
-    """Which heads carry the break, at `context` (default the longest) and the longest budget, mean of the seeds: the
-    share of each grouped model's gap to full FT closed with full FT's W_q and W_k in one head at a time (a cell per
-    layer and head), and in a whole layer (in the row's label)."""
-    n = context or max(r["context"] for r in result["rows"])
-    got = {k: g for k, g in grafted(result, context=n).items() if "by_head" in g}
-    if not got:
-        raise ValueError(f"{result['name']}: no row at {n} tokens has the graft test by head")
+def _heads_map(got: dict, n: int, result: dict, what: str):
+    """One heat map per grouped setting of `got` ({(setting, steps): {"by_head": layers x heads of shares, and
+    "by_layer" where given}): each cell the share of the gap to full FT closed (%), `what` in the titles."""
     fig, axes = figure(ncols=len(got))
     for ax, (setting, steps) in zip(axes, sorted(got, key=lambda k: GROUPED.index(k[0]))):
         g = got[(setting, steps)]
@@ -548,9 +545,32 @@ def plot_grafted_heads(result: dict, context: int | None = None):
         ax.set_xticks(range(share.shape[1]))
         ax.set_yticks(range(share.shape[0]), [f"layer {i} (all: {100 * v:.0f}%)" for i, v in enumerate(g["by_layer"])])
         ax.set_xlabel("head")
-        ax.set_title(f"n = {n}, {setting} {steps} steps: % of the gap closed" + quick_note(result), fontsize=9)
+        ax.set_title(f"n = {n}, {setting} {steps} steps, {what}: % of the gap closed" + quick_note(result),
+                     fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def plot_grafted_heads(result: dict, context: int | None = None):
+    """Which heads carry the break, at `context` (default the longest) and the longest budget, mean of the seeds: the
+    share of each grouped model's gap to full FT closed with full FT's W_q and W_k in one head at a time (a cell per
+    layer and head), and in a whole layer (in the row's label)."""
+    n = context or max(r["context"] for r in result["rows"])
+    got = {k: g for k, g in grafted(result, context=n).items() if "by_head" in g}
+    if not got:
+        raise ValueError(f"{result['name']}: no row at {n} tokens has the graft test by head")
+    return _heads_map(got, n, result, "full FT's W_q, W_k")
+
+
+def plot_far_keys_heads(result: dict, context: int | None = None):
+    """The same heads found without a full-attention model, at `context` (default the longest), mean of the seeds:
+    the share of each grouped model's gap to full FT closed with the keys beyond HIDDEN's window hidden in one head
+    at a time (a cell per layer and head), and in a whole layer's heads (in the row's label)."""
+    n = context or max(r["context"] for r in result["rows"])
+    got = {k: g for k, g in far_keys_hidden(result, context=n).items() if "by_head" in g}
+    if not got:
+        raise ValueError(f"{result['name']}: no row at {n} tokens has the far-key test by head")
+    return _heads_map(got, n, result, "far keys hidden")
 
 
 def far_keys_hidden(result: dict, **match) -> dict:
@@ -558,47 +578,70 @@ def far_keys_hidden(result: dict, **match) -> dict:
     equal `match`: "all", "by_layer" and "these_heads", the share of its gap to full FT (same seed) closed with the
     keys beyond the window hidden in every head, in one layer's heads, in the two heads whose graft closes most;
     "heads", those two heads for each seed; "full_all" and "full_these_heads", full FT's change with the same keys
-    hidden."""
-    def shares(r: dict, ref: float) -> dict:
-        h = r["far_keys_hidden"]
-        closed = lambda p: (r["ppl"] - p) / (r["ppl"] - ref)  # noqa: E731
+    hidden. Where recorded, found without a full-attention model: "by_head" (the share closed hiding them in one
+    head at a time, layers x heads), "found_heads" (each seed's two heads that close most) and "found" (the share
+    the two close together); and "test", the shares of "all", "these_heads" and "found" on the test split (its gap
+    to full FT's test perplexity)."""
+    def shares(r: dict, full: dict) -> dict:
+        h, ref = r["far_keys_hidden"], full["ppl"]
+        closed = lambda p, own=r["ppl"], ref=ref: (own - p) / (own - ref)  # noqa: E731
         return {"all": closed(h["all"]), "by_layer": [closed(p) for p in h["by_layer"]],
                 "these_heads": closed(h["these_heads"]), "full_all": h["full_all"] / ref - 1,
-                "full_these_heads": h["full_these_heads"] / ref - 1}
+                "full_these_heads": h["full_these_heads"] / ref - 1,
+                **({} if "by_head" not in h else {  # recorded since the heads were also found without full FT
+                    "by_head": [[closed(p) for p in layer] for layer in h["by_head"]], "found": closed(h["found"]),
+                    "test": {k: closed(p, r["ppl_test"], full["ppl_test"]) for k, p in h["test"].items()}})}
 
-    heads = _per_seed(result, "far_keys_hidden", lambda r, ref: r["far_keys_hidden"]["heads"], **match)
-    return {key: {**_mean(xs), "heads": heads[key]}
+    def heads(field: str) -> dict:
+        return _per_seed(result, "far_keys_hidden", lambda r, full: r["far_keys_hidden"].get(field), **match)
+
+    chosen, found = heads("heads"), heads("found_heads")
+    return {key: {**_mean(xs), "heads": chosen[key], **({} if None in found[key] else {"found_heads": found[key]})}
             for key, xs in _per_seed(result, "far_keys_hidden", shares, **match).items()}
 
 
 def plot_far_keys_hidden(result: dict, context: int | None = None):
     """The far-key test at `context` (default the longest), mean of the seeds: the share of each grouped model's gap
-    to full FT closed with the keys beyond HIDDEN's window hidden in every head, in one layer's heads at a time, and
-    in the two heads whose graft closes most; full FT's own change under the same hiding in the legend."""
+    to full FT closed with the keys beyond HIDDEN's window hidden in every head, in one layer's heads at a time, in
+    the two heads whose graft closes most, and in the two whose own hiding closes most (no full-attention model
+    needed; where recorded); full FT's own change under the same hiding in the legend. Right, where recorded: the
+    same on the test split (the heads chosen on validation)."""
     from ..plotting import color
 
     n = context or max(r["context"] for r in result["rows"])
     got = far_keys_hidden(result, context=n)
     if not got:
         raise ValueError(f"{result['name']}: no row at {n} tokens has the far-key test")
-    fig, (ax,) = figure(ncols=1, width=8.0)
     keys = sorted(got, key=lambda k: GROUPED.index(k[0]))
+    test = all("test" in g for g in got.values())  # files recorded before the test split lack it
+    fig, axes = figure(ncols=2 if test else 1, width=11.0 if test else 8.0)
     width = 0.8 / len(keys)
+
+    def heads(which: str) -> str:
+        return "\n".join(f"layer {a} head {b}" for a, b in got[keys[0]][which][0])
+
+    found = ["two found\nalone: " + heads("found_heads")] if test else []
+    names = ["every head", *[f"layer {i}'s\nheads" for i in range(len(got[keys[0]]["by_layer"]))],
+             "two grafted:\n" + heads("heads"), *found]
     for i, key in enumerate(keys):
         g = got[key]
-        bars = [g["all"], *g["by_layer"], g["these_heads"]]
-        ax.bar([j + (i - len(keys) / 2 + 0.5) * width for j in range(len(bars))], [100 * v for v in bars], width,
-               color=color(key[0]), label=f"{key[0]}, {key[1]} steps (full FT: {pct(g['full_all'])} with every "
-                                          f"head's, {pct(g['full_these_heads'])} with the two heads')")
-    heads = " and ".join(f"layer {a} head {b}" for a, b in got[keys[0]]["heads"][0])
-    names = ["every head", *[f"layer {i}'s\nheads" for i in range(len(got[keys[0]]["by_layer"]))],
-             heads.replace(" and ", "\nand ")]
-    ax.set_xticks(range(len(names)), names, fontsize=7)
-    ax.axhline(0, color="k", lw=0.8)
-    ax.axhline(100, color="gray", ls=":", lw=0.8)
-    ax.set_ylim(top=135)  # room for the legend above the bars
-    label_axes(ax, f"n = {n}: keys more than {HIDDEN.split()[1]} x n back hidden" + quick_note(result),
+        bars = [[g["all"], *g["by_layer"], g["these_heads"], *([g["found"]] if test else [])]]
+        bars += [[g["test"]["all"], g["test"]["these_heads"], g["test"]["found"]]] if test else []
+        for ax, values in zip(axes, bars):
+            ax.bar([j + (i - len(keys) / 2 + 0.5) * width for j in range(len(values))], [100 * v for v in values],
+                   width, color=color(key[0]), label=f"{key[0]}, {key[1]} steps (full FT: {pct(g['full_all'])} with "
+                                                     f"every head's, {pct(g['full_these_heads'])} with the two heads')")
+    axes[0].set_xticks(range(len(names)), names, fontsize=7)
+    label_axes(axes[0], f"n = {n}: keys more than {HIDDEN.split()[1]} x n back hidden" + quick_note(result),
                "in which heads", "share of the gap to full FT closed (%)", legend=7)
+    if test:
+        axes[1].set_xticks(range(3), [names[0], names[-2], names[-1]], fontsize=7)
+        label_axes(axes[1], "the test split (heads chosen on validation)", "in which heads",
+                   "share of the gap to full FT closed (%)")
+    for ax in axes:
+        ax.axhline(0, color="k", lw=0.8)
+        ax.axhline(100, color="gray", ls=":", lw=0.8)
+        ax.set_ylim(top=135)  # room for the legend above the bars
     fig.tight_layout()
     return fig
 
@@ -694,6 +737,12 @@ def _graft_text(rs: list[dict], n: int, long: int) -> str:
         far = (f"; hiding the keys more than {HIDDEN.split()[1]} x n back from the two heads whose graft closes most "
                f"closes {100 * hidden['these_heads']:.0f}% (from every head {100 * hidden['all']:.0f}%; full FT "
                f"{pct(hidden['full_these_heads'])} / {pct(hidden['full_all'])})")
+    if hidden is not None and "found_heads" in hidden:  # files recorded since the heads were found without full FT
+        same = sum(a == b for a, b in zip(hidden["found_heads"], hidden["heads"]))
+        far += (f"; without a full-attention model, the two heads whose own hiding closes most (the same two in "
+                f"{same} of {len(hidden['heads'])} seeds) close {100 * hidden['found']:.0f}%; on the test split, "
+                f"heads chosen on validation: {100 * hidden['test']['found']:.0f}% (the grafted two "
+                f"{100 * hidden['test']['these_heads']:.0f}%, every head {100 * hidden['test']['all']:.0f}%)")
     return (f"; grafting full FT's weights into S2-Attn (same seed) closes {100 * closed['W_q, W_k']:.0f}% of its gap "
             f"with W_q and W_k ({100 * closed['W_q, W_k slow pairs']:.0f}% with their slow pairs' rows only, "
             f"{100 * closed['W_q, W_k fast pairs']:.0f}% with the fast pairs' only{where}), "
