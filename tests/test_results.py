@@ -278,7 +278,23 @@ def test_graft_test_is_the_mean_of_the_seeds_by_hand():
         assert hidden[(setting, 800)]["full_all"] == pytest.approx(sum(
             r["far_keys_hidden"]["full_all"] / full[r["seed"]] - 1 for r in seeds) / 3)
         assert hidden[(setting, 800)]["heads"] == [r["far_keys_hidden"]["heads"] for r in seeds]
+        # found without a full-attention model: one head at a time, the two best; the test split against its own gap
+        assert hidden[(setting, 800)]["found_heads"] == [r["far_keys_hidden"]["found_heads"] for r in seeds]
+        for r in seeds:
+            by_head = r["far_keys_hidden"]["by_head"]
+            alone = [(p, [i, h]) for i, layer in enumerate(by_head) for h, p in enumerate(layer)]
+            assert r["far_keys_hidden"]["found_heads"] == sorted(head for _, head in sorted(alone)[:2])
+        assert hidden[(setting, 800)]["by_head"][1][2] == pytest.approx(sum(
+            (r["ppl"] - r["far_keys_hidden"]["by_head"][1][2]) / (r["ppl"] - full[r["seed"]]) for r in seeds) / 3)
+        assert hidden[(setting, 800)]["found"] == pytest.approx(sum(
+            (r["ppl"] - r["far_keys_hidden"]["found"]) / (r["ppl"] - full[r["seed"]]) for r in seeds) / 3)
+        full_test = {r["seed"]: r["ppl_test"] for r in rows if r["setting"] == "full"}
+        assert hidden[(setting, 800)]["test"]["found"] == pytest.approx(sum(
+            (r["ppl_test"] - r["far_keys_hidden"]["test"]["found"]) / (r["ppl_test"] - full_test[r["seed"]])
+            for r in seeds) / 3)
     assert f"two heads whose graft closes most closes {100 * hidden[('s2', 800)]['these_heads']:.0f}%" in verdict
+    found = hidden[('s2', 800)]['test']['found']
+    assert f"on the test split, heads chosen on validation: {100 * found:.0f}%" in verdict
 
 
 def test_curve_gaps_pair_each_seed_with_full_attention_by_hand():
