@@ -614,15 +614,15 @@ def plot_far_keys_hidden(result: dict, context: int | None = None):
         raise ValueError(f"{result['name']}: no row at {n} tokens has the far-key test")
     keys = sorted(got, key=lambda k: GROUPED.index(k[0]))
     test = all("test" in g for g in got.values())  # files recorded before the test split lack it
-    fig, axes = figure(ncols=2 if test else 1, width=11.0 if test else 8.0)
+    fig, axes = figure(ncols=2 if test else 1, width=12.0 if test else 8.0)
     width = 0.8 / len(keys)
 
-    def heads(which: str) -> str:
-        return "\n".join(f"layer {a} head {b}" for a, b in got[keys[0]][which][0])
+    def heads(which: str) -> str:  # seed 0's two heads
+        return ",\n".join(f"L{a} h{b}" for a, b in got[keys[0]][which][0])
 
-    found = ["two found\nalone: " + heads("found_heads")] if test else []
-    names = ["every head", *[f"layer {i}'s\nheads" for i in range(len(got[keys[0]]["by_layer"]))],
-             "two grafted:\n" + heads("heads"), *found]
+    found = [f"two found\nalone\n({heads('found_heads')})"] if test else []
+    names = ["every\nhead", *[f"layer {i}'s\nheads" for i in range(len(got[keys[0]]["by_layer"]))],
+             f"two\ngrafted\n({heads('heads')})", *found]
     for i, key in enumerate(keys):
         g = got[key]
         bars = [[g["all"], *g["by_layer"], g["these_heads"], *([g["found"]] if test else [])]]
@@ -638,10 +638,12 @@ def plot_far_keys_hidden(result: dict, context: int | None = None):
         axes[1].set_xticks(range(3), [names[0], names[-2], names[-1]], fontsize=7)
         label_axes(axes[1], "the test split (heads chosen on validation)", "in which heads",
                    "share of the gap to full FT closed (%)")
+        axes[1].get_legend().remove()  # the left one's says which bar is which (and full FT's validation change)
     for ax in axes:
         ax.axhline(0, color="k", lw=0.8)
         ax.axhline(100, color="gray", ls=":", lw=0.8)
         ax.set_ylim(top=135)  # room for the legend above the bars
+        ax.set_yticks(range(0, 101, 20))
     fig.tight_layout()
     return fig
 
