@@ -177,6 +177,13 @@ def test_table1_budget_reuses_table1s_runs_and_doubles_the_steps(base_dir, dirs,
                                                                          for f in rep.T1_BUDGET_FACTORS]
     assert all(sum(r["distance_mass"]["mean"]) == pytest.approx(1.0, abs=1e-6) and r["far_minus_near"] for r in start)
     assert all(len(r["rotary_phase"]["phase"]) == layers for r in start)
+    longest = max(rep.T1_BUDGET_FACTORS) * unit
+    for r in rows + start:  # far_reading: every model at the longest context and budget, the base beside them
+        assert ("far_reading" in r) == (r["context"] == longest and r["steps"] in (0, 2 * steps))
+        if "far_reading" in r:
+            mass, change = r["far_reading"]["mass"], r["far_reading"]["change"]
+            assert r["far_reading"]["test"] == "window 0.5" and [len(mass), len(mass[0])] == [layers, heads]
+            assert all(0 <= m <= 1 for m in sum(mass, [])) and all(c >= 0 for c in sum(change, []))
     full = {(r["seed"], r["context"], r["steps"]): r for r in rows if r["setting"] == "full"}
     for r in rows:  # the phase test: every run's phase, each grouped one turned toward full FT's of the same seed
         phase = r["rotary_phase"]["phase"]

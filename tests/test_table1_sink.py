@@ -12,8 +12,8 @@ from einops import rearrange
 from minilongllora import Llama, LlamaConfig
 from minilongllora.reproduce import table1_sink
 from minilongllora.lora import apply_lora
-from minilongllora.reproduce.sinks import (KeyMasked, distance_mass, first_token_mass, graft, key_mask, parse_test,
-                                          rotary_phase, rotate_query_pair, score_by_frequency)
+from minilongllora.reproduce.sinks import (KeyMasked, distance_mass, far_reading, first_token_mass, graft, key_mask,
+                                          parse_test, rotary_phase, rotate_query_pair, score_by_frequency)
 
 from test_attention import kernel  # noqa: F401 (fp64 explicit attention: the oracle's precision)
 
@@ -140,6 +140,42 @@ def test_distance_mass_against_the_attention_maps_by_hand():
     assert sum(got["mean"]) == pytest.approx(1.0)  # every query's attention lands in some bin
     assert got["mean"] == pytest.approx([sum(got["per_head"][i][j][b] for i in range(2) for j in range(4)) / 8
                                          for b in range(4)])
+
+
+def test_far_reading_against_the_attention_maps_by_hand():
+    """far_reading's mass: each head's attention on the keys more than n/4 back, from the attention maps, over the
+    queries that have such keys (8 … 31 at n = 32); its change: the head's slice of W_o times its output with those
+    keys hidden (the maps' rows renormalized over the keys left) against without, per query, in float64. GQA: query
+    head h reads key head h // 2."""
+    model = _model(layers=2).double()
+    docs = [torch.randint(0, 256, (32,)) for _ in range(2)]
+    got = far_reading(model, docs, "window 0.25")
+    mass, change = torch.zeros(2, 4, dtype=torch.float64), torch.zeros(2, 4, dtype=torch.float64)
+    with torch.no_grad():
+        for doc in docs:
+            maps = model.attention_maps(doc[None])
+            x = model.embed_tokens(doc[None])
+            cos, sin = model.rope(0, 32, x)
+            for i, layer in enumerate(model.layers):
+                _, _, v = layer.self_attn.qkv(layer.input_layernorm(x), cos, sin)  # (1, 2, n, d): 2 key heads
+                w_o = layer.self_attn.o_proj.weight  # (dim, 4 · d)
+                for h in range(4):
+                    p = maps[i][0, h]  # (n, n)
+                    d = v.shape[-1]
+                    for q in range(8, 32):
+                        far = [k for k in range(q + 1) if q - k >= 8]
+                        mass[i, h] += p[q, far].sum() / 24 / 2
+                        kept = p[q].clone()
+                        kept[far] = 0
+                        own = w_o[:, h * d:(h + 1) * d] @ (p[q] @ v[0, h // 2])
+                        without = w_o[:, h * d:(h + 1) * d] @ (kept / kept.sum() @ v[0, h // 2])
+                        change[i, h] += (without - own).norm() / own.norm() / 24 / 2
+                x = layer(x, cos, sin, "full")
+    torch.testing.assert_close(torch.tensor(got["mass"], dtype=torch.float64), mass, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(torch.tensor(got["change"], dtype=torch.float64), change, atol=1e-10, rtol=1e-10)
+    assert mass.min() > 0 and change.min() > 0
+    with pytest.raises(ValueError, match="hides no key"):
+        far_reading(model, docs, "window 1.0")
 
 
 def test_score_by_frequency_adds_up_to_the_scores_by_hand():

@@ -28,8 +28,8 @@ from ..train import train, validation_loss, validation_rows
 from ..trainconfig import TrainConfig, meta_model
 from .plan import LOSS_BINS, STRIDE, Plan
 from .record import jsonable, window_ppl
-from .sinks import (KEY_TESTS, KeyMasked, distance_mass, first_token_mass, graft, rotary_phase, rotate_query_pair,
-                    score_by_frequency)
+from .sinks import (KEY_TESTS, KeyMasked, distance_mass, far_reading, first_token_mass, graft, rotary_phase,
+                    rotate_query_pair, score_by_frequency)
 
 PACKAGE = Path(__file__).resolve().parent.parent
 NOT_RUN_CODE = ("cli.py", "__main__.py", "longlora.py", "recipes.py", "plotting.py", "efficiency.py")  # never in a run
@@ -226,6 +226,17 @@ class Runner:
 
         def compute():
             return distance_mass(self._model(run, "full", rope_factor), self._first(n, documents), LOSS_BINS)
+
+        return self._cached(run, spec, compute)
+
+    def far_reading(self, run, n: int, documents: int, test: str, rope_factor: float | None = None) -> dict:
+        """sinks.far_reading of a run (or "base", with linear PI by `rope_factor` where given) on the first n tokens
+        of the first `documents` validation documents that hold n tokens: each head's attention on, and output from,
+        the keys that `test` hides."""
+        spec = {"kind": "far_reading", "n": n, "documents": documents, "test": test, **_given(rope_factor=rope_factor)}
+
+        def compute():
+            return far_reading(self._model(run, "full", rope_factor), self._first(n, documents), test)
 
         return self._cached(run, spec, compute)
 

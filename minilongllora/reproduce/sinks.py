@@ -15,7 +15,8 @@ sinks or the distance? Each test below hides a different set of keys from every 
 causal mask it gives the model's own logits (tests/test_table1_sink.py). `first_token_mass` reads
 `Llama.attention_maps`: the share of each head's attention that lands on the first K tokens; `distance_mass`, the share
 that the window's last queries put on keys at each distance (table1_budget: where does a grouped model's attention go
-beyond its break?); `score_by_frequency`, how much each rotary frequency adds to the score of a far key against a near
+beyond its break?); `far_reading`, how much of each head's attention and output its far keys make;
+`score_by_frequency`, how much each rotary frequency adds to the score of a far key against a near
 one (and why); `rotary_phase`, where on its cosine one frequency's part of the score lies, and `rotate_query_pair`, a
 weight edit that moves it; `graft`, another model's weights (whole matrices, or only the rows of W_q and W_k of some
 rotary pairs or heads) put in a model's place.
@@ -134,6 +135,42 @@ def distance_mass(model, documents: list[torch.Tensor], bins: int = 16) -> dict:
         per_head = head if per_head is None else per_head + head
     per_head = per_head / len(documents)
     return {"per_head": per_head.tolist(), "mean": per_head.mean((0, 1)).tolist(), "bins": bins,
+            "documents": len(documents)}
+
+
+@torch.no_grad()
+def far_reading(model, documents: list[torch.Tensor], test: str = "window 0.5") -> dict:
+    """How much of each head's reading lies in the keys a key test hides (e.g. "window 0.5": those more than n/2
+    back), over every query that has such keys, averaged over `documents` (each (n,)), layers x heads each: "mass",
+    the share of its causal attention on those keys; "change", |its contribution to the residual stream with them
+    hidden (from this head alone) minus without| / |without|, its contribution being its slice of W_o times its
+    attention output. Every head reads the unmodified model's layer inputs."""
+    mass = change = None
+    for doc in documents:
+        n = doc.numel()
+        hidden = key_mask("full", n) & ~key_mask(test, n)  # (n, n): the keys the test hides
+        rows = hidden.any(-1)  # the queries that have any
+        if not rows.any():
+            raise ValueError(f"{test!r} hides no key at {n} tokens")
+        x = model.embed_tokens(doc[None])  # (1, n, dim)
+        cos, sin = model.rope(0, n, x)
+        per_mass, per_change = [], []
+        for layer in model.layers:
+            attn = layer.self_attn
+            q, k, v = attn.qkv(layer.input_layernorm(x), cos, sin)  # (1, h, n, d), (1, kv, n, d)
+            scores = torch.einsum("hid,hjd->hij", q[0], repeat_kv(k, q.shape[1])[0]) / q.shape[-1] ** 0.5
+            probs = scores.masked_fill(~key_mask("full", n), float("-inf")).softmax(-1)  # (h, n, n)
+            per_mass.append((probs * hidden).sum(-1)[:, rows].double().mean(-1))  # (h,)
+            out = sdpa(q, k, v, causal=True)  # (1, h, n, d)
+            masked = sdpa(q, k, v, causal=False, mask=key_mask(test, n).to(x.device))
+            w_o = rearrange(attn.o_proj.weight, "e (h d) -> h e d", h=q.shape[1])  # each head's slice of W_o
+            own, without = (torch.einsum("hed,hnd->hne", w_o, o[0])[:, rows] for o in (out, masked))  # (h, m, dim)
+            per_change.append(((without - own).norm(dim=-1) / own.norm(dim=-1)).double().mean(-1))
+            x = x + attn.o_proj(rearrange(out, "b h n d -> b n (h d)"))
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        m, c = torch.stack(per_mass), torch.stack(per_change)  # (layers, h)
+        mass, change = (m, c) if mass is None else (mass + m, change + c)
+    return {"mass": (mass / len(documents)).tolist(), "change": (change / len(documents)).tolist(), "test": test,
             "documents": len(documents)}
 
 

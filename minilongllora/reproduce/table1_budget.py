@@ -70,8 +70,9 @@ def rows(plan: Plan, runner, seeds) -> list[dict]:
     ones also tested with their own pattern, every run's loss by position also with its interpolation stretched by
     PI_STRETCH, where the window's last queries attend (by distance, `distance_mass`) and why
     (`score_by_frequency`), every run's slow-frequency phases (`sinks.rotary_phase`) and each grouped run's phase test
-    (`_phase_turned`) and graft test (`_grafted`); the curve is recorded every `plan.curve_every` steps in both, so the
-    two budgets' curves share their first points."""
+    (`_phase_turned`) and graft test (`_grafted`), and at the longest context and budget the far-key test
+    (`_far_keys_hidden`) and how much each head reads from the keys it hides (`sinks.far_reading`); the curve is
+    recorded every `plan.curve_every` steps in both, so the two budgets' curves share their first points."""
     out = []
     for seed in seeds:
         for factor in T1_BUDGET_FACTORS:
@@ -94,6 +95,9 @@ def rows(plan: Plan, runner, seeds) -> list[dict]:
                                                                       FAR_BINS)["far_minus_near"]
                     phase = runner.rotary_phase(run, n, DISTANCE_DOCUMENTS)
                     row["rotary_phase"] = _phase_fields(phase)
+                    by_head = factor == max(T1_BUDGET_FACTORS) and budget == max(T1_BUDGETS)
+                    if by_head:  # how much each head reads, and takes, from the keys the far-key test hides
+                        row["far_reading"] = runner.far_reading(run, n, DISTANCE_DOCUMENTS, HIDDEN)
                     # the phases of its slow neighbours too: {pair: layers x heads}, the middle one the test's
                     phases = {q: runner.rotary_phase(run, n, DISTANCE_DOCUMENTS, q)["phase"]
                               for q in (phase["pair"] - 1, phase["pair"] + 1)} | {phase["pair"]: phase["phase"]}
@@ -103,18 +107,20 @@ def rows(plan: Plan, runner, seeds) -> list[dict]:
                         row.update(_phase_turned(runner, run, n, phase["pair"], phases, full_run, full_phases,
                                                  base_phase["phase"], setting))
                         shape = len(phase["phase"]), len(phase["phase"][0])  # layers, heads
-                        by_head = factor == max(T1_BUDGET_FACTORS) and budget == max(T1_BUDGETS)
                         row.update(_grafted(runner, run, n, full_run, phase["pair"], shape, by_head))
                         if by_head:
                             row["far_keys_hidden"] = _far_keys_hidden(runner, run, n, full_run, shape,
                                                                       row["grafted_by_head"])
                     out.append({**row, **run_fields(run)})
             if seed == seeds[0]:  # the starting point's attention: the base with the runs' interpolation
-                out.append({"setting": "base+PI", "steps": 0, "context": n, "seed": None,
-                            "distance_mass": runner.distance_mass("base", n, DISTANCE_DOCUMENTS, rope_factor=pi),
-                            "far_minus_near": runner.score_by_frequency("base", n, DISTANCE_DOCUMENTS, NEAR_BINS,
-                                                                        FAR_BINS, rope_factor=pi)["far_minus_near"],
-                            "rotary_phase": base_phase})
+                base = {"setting": "base+PI", "steps": 0, "context": n, "seed": None,
+                        "distance_mass": runner.distance_mass("base", n, DISTANCE_DOCUMENTS, rope_factor=pi),
+                        "far_minus_near": runner.score_by_frequency("base", n, DISTANCE_DOCUMENTS, NEAR_BINS,
+                                                                    FAR_BINS, rope_factor=pi)["far_minus_near"],
+                        "rotary_phase": base_phase}
+                if factor == max(T1_BUDGET_FACTORS):
+                    base["far_reading"] = runner.far_reading("base", n, DISTANCE_DOCUMENTS, HIDDEN, rope_factor=pi)
+                out.append(base)
     return out
 
 
