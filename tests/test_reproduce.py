@@ -278,6 +278,10 @@ def test_table1_budget_reuses_table1s_runs_and_doubles_the_steps(base_dir, dirs,
     assert len(fig.axes[0].patches) == len(hidden) * (layers + 3) and len(fig.axes[1].patches) == len(hidden) * 3
     fig = rep.table1_budget.plot_far_keys_heads(result)  # one panel per grouped setting, a cell per layer and head
     assert len(fig.axes) == len(rep.table1_budget.GROUPED) and len(fig.axes[0].texts) == layers * heads
+    reading = rep.table1_budget.far_reading(result)  # every model at the longest, and the base
+    assert set(reading) == {("base+PI", 0), *((s, 2 * steps) for s in rep.T1_BUDGET_SETTINGS)}
+    fig = rep.table1_budget.plot_far_reading(result)  # 4 heads x 4 models; a dot per head per grouped setting
+    assert len(fig.axes[0].patches) == 4 * 4 and len(fig.axes[1].collections) == len(rep.table1_budget.GROUPED)
     got = rep.table1_budget.phase_turned(result)
     assert set(got) == {(s, k * steps) for s in rep.table1_budget.GROUPED for k in rep.T1_BUDGETS}
     assert all(g["closed"][0] == 0 and g["own_change"][0] == 0 for g in got.values())  # t = 0: as trained

@@ -293,6 +293,12 @@ def test_graft_test_is_the_mean_of_the_seeds_by_hand():
             (r["ppl_test"] - r["far_keys_hidden"]["test"]["found"]) / (r["ppl_test"] - full_test[r["seed"]])
             for r in seeds) / 3)
     assert f"two heads whose graft closes most closes {100 * hidden[('s2', 800)]['these_heads']:.0f}%" in verdict
+    reading = rep.table1_budget.far_reading(budget, context=2048)  # each head's far reading, mean of the seeds
+    for setting in ("full", "short", "s2"):
+        seeds = [r["far_reading"] for r in rows if r["setting"] == setting]
+        assert len(seeds) == 3 and reading[(setting, 800)]["mass"][1][3] == pytest.approx(
+            sum(x["mass"][1][3] for x in seeds) / 3, rel=1e-12)
+    assert reading[("base+PI", 0)]["change"] == budget["starting_point"][-1]["far_reading"]["change"]
     found = hidden[('s2', 800)]['test']['found']
     assert f"on the test split, heads chosen on validation: {100 * found:.0f}%" in verdict
 

@@ -654,6 +654,58 @@ def plot_far_keys_hidden(result: dict, context: int | None = None):
     return fig
 
 
+def far_reading(result: dict, **match) -> dict:
+    """{(setting, steps): sinks.far_reading averaged over the seeds} (`_by_setting`, the base included): "mass" and
+    "change", layers x heads each."""
+    return {key: {f: _mean([x[f] for x in xs]) for f in ("mass", "change")}
+            for key, xs in _by_setting(result, "far_reading", **match).items()}
+
+
+def plot_far_reading(result: dict, context: int | None = None, heads: int = 4):
+    """Why two heads of layer 1 cost most, at `context` (default the longest) and the longest budget, mean of the
+    seeds. Left: for the `heads` heads whose far keys, hidden alone, close most of S2-Attn's gap, the share of their
+    attention on the keys HIDDEN hides, over every query that has such keys, in the base with PI, full FT and the
+    grouped models. Right: every head of each grouped model, that share minus full FT's against the share of the gap
+    its hiding closes."""
+    from ..plotting import color
+
+    n = context or max(r["context"] for r in result["rows"])
+    reading, hidden = far_reading(result, context=n), far_keys_hidden(result, context=n)
+    long = max(k[1] for k in hidden)
+    if ("s2", long) not in hidden or "by_head" not in hidden[("s2", long)] or ("full", long) not in reading:
+        raise ValueError(f"{result['name']}: no row at {n} tokens has the far-key test by head and far_reading")
+    closed = torch.tensor(hidden[("s2", long)]["by_head"])  # (layers, heads)
+    top = [divmod(i, closed.shape[1]) for i in closed.flatten().argsort(descending=True)[:heads].tolist()]
+    fig, (a, b) = figure()
+    models = [k for k in (("base+PI", 0), ("full", long), *((s, long) for s in GROUPED)) if k in reading]
+    width = 0.8 / len(models)
+    for i, key in enumerate(models):
+        mass = reading[key]["mass"]
+        a.bar([j + (i - len(models) / 2 + 0.5) * width for j in range(len(top))],
+              [100 * mass[layer][head] for layer, head in top], width,
+              color="gray" if key[0] == "base+PI" else color(key[0]), label=" ".join(map(str, key)) if key[1] else
+              "base with PI")
+    a.set_xticks(range(len(top)), [f"layer {layer}\nhead {head}" for layer, head in top], fontsize=8)
+    label_axes(a, f"n = {n}: attention on keys more than {HIDDEN.split()[1]} x n back" + quick_note(result),
+               "the heads whose hiding closes most", "attention there (%), queries that have such keys",
+               legend=7)
+    full = torch.tensor(reading[("full", long)]["mass"])
+    for setting in (s for s in GROUPED if (s, long) in hidden and "by_head" in hidden[(s, long)]):
+        more = 100 * (torch.tensor(reading[(setting, long)]["mass"]) - full).flatten()
+        b.scatter(more, 100 * torch.tensor(hidden[(setting, long)]["by_head"]).flatten(), s=18, alpha=0.8,
+                  color=color(setting), label=f"{setting} {long} steps, a dot per head")
+    for layer, head in top:
+        b.annotate(f"L{layer} h{head}", (100 * (reading[("s2", long)]["mass"][layer][head] - full[layer, head]),
+                                         100 * closed[layer, head]), fontsize=7, xytext=(4, -3),
+                   textcoords="offset points")
+    b.axhline(0, color="k", lw=0.8)
+    label_axes(b, "a head's cost against how much further than full FT it reads",
+               "attention beyond the window minus full FT's (points)", "share of the gap closed hiding it (%)",
+               legend=7)
+    fig.tight_layout()
+    return fig
+
+
 def plot_rotary_phase(result: dict, context: int | None = None, heads: int = 2, theta: float = 10000.0):
     """Where each model's window lies on the slow frequency's cosine, at `context` (default the longest), for the
     `heads` heads whose phase S2-Attn moved furthest from full FT's (magnitude x angle, longer budget): that
