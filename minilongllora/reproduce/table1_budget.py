@@ -687,8 +687,7 @@ def plot_far_reading(result: dict, context: int | None = None, heads: int = 4):
               "base with PI")
     a.set_xticks(range(len(top)), [f"layer {layer}\nhead {head}" for layer, head in top], fontsize=8)
     label_axes(a, f"n = {n}: attention on keys more than {HIDDEN.split()[1]} x n back" + quick_note(result),
-               "the heads whose hiding closes most", "attention there (%), queries that have such keys",
-               legend=7)
+               "the heads whose hiding closes most", "attention there (%)", legend=7)
     full = torch.tensor(reading[("full", long)]["mass"])
     for setting in (s for s in GROUPED if (s, long) in hidden and "by_head" in hidden[(s, long)]):
         more = 100 * (torch.tensor(reading[(setting, long)]["mass"]) - full).flatten()
@@ -699,6 +698,7 @@ def plot_far_reading(result: dict, context: int | None = None, heads: int = 4):
                                          100 * closed[layer, head]), fontsize=7, xytext=(4, -3),
                    textcoords="offset points")
     b.axhline(0, color="k", lw=0.8)
+    b.margins(x=0.12)  # room for the labels of the rightmost heads
     label_axes(b, "a head's cost against how much further than full FT it reads",
                "attention beyond the window minus full FT's (points)", "share of the gap closed hiding it (%)",
                legend=7)
