@@ -218,7 +218,8 @@ def test_table1_budget_reuses_table1s_runs_and_doubles_the_steps(base_dir, dirs,
                              for pa, pb in zip(phase, base)]]  # full attention and the own pattern
         assert turned[(1.0, layers - 1, "full")] == [[round(a, 6) if i == layers - 1 else 0.0 for a in row]
                                                      for i, row in enumerate(onto)]  # one layer at a time
-        grafts = [s["grafted"] for s in map(json.loads, evals) if "grafted" in s]  # the graft test: full FT's weights
+        grafts = [s["grafted"] for s in map(json.loads, evals)
+                  if "grafted" in s and s["kind"] == "ppl"]  # the graft test: full FT's weights
         full_run = full[(r["seed"], r["context"], r["steps"])]["run"]
         assert set(r["grafted"]) == set(rep.table1_budget.GRAFTS) and all(p > 1 for p in r["grafted"].values())
         one_layer = [g for g in grafts if g["names"][0].startswith("layers.")]  # W_q and W_k of one layer (or head)
@@ -227,6 +228,10 @@ def test_table1_budget_reuses_table1s_runs_and_doubles_the_steps(base_dir, dirs,
         assert len(r["grafted_by_layer"]) == layers and all(g["donor"] == full_run for g in one_layer)
         if (r["context"], r["steps"]) == (max(rep.T1_BUDGET_FACTORS) * unit, 2 * steps):  # and one head at a time
             assert [len(r["grafted_by_head"]), len(r["grafted_by_head"][0])] == [layers, heads]
+            reading = {json.dumps(s.get("grafted")) for s in map(json.loads, evals) if s["kind"] == "far_reading"}
+            assert reading == {"null"} | {json.dumps(g) for g in grafts if g.get("pairs") is not None
+                                          or g["names"] == ["q_proj", "k_proj"]}  # its own, and the 3 W_q, W_k grafts'
+            assert set(r["far_reading_grafted"]) == set(rep.table1_budget.GRAFTS_INTO_FULL)
             assert sorted((g["names"][0], g["heads"]) for g in one_layer if "heads" in g) == sorted(
                 (f"layers.{i}.self_attn.q_proj", [h]) for i in range(layers) for h in range(heads))
             hidden = r["far_keys_hidden"]  # and with far keys hidden: every head, a layer's, the two that graft best
@@ -280,8 +285,10 @@ def test_table1_budget_reuses_table1s_runs_and_doubles_the_steps(base_dir, dirs,
     assert len(fig.axes) == len(rep.table1_budget.GROUPED) and len(fig.axes[0].texts) == layers * heads
     reading = rep.table1_budget.far_reading(result)  # every model at the longest, and the base
     assert set(reading) == {("base+PI", 0), *((s, 2 * steps) for s in rep.T1_BUDGET_SETTINGS)}
-    fig = rep.table1_budget.plot_far_reading(result)  # 4 heads x 4 models; a dot per head per grouped setting
-    assert len(fig.axes[0].patches) == 4 * 4 and len(fig.axes[1].collections) == len(rep.table1_budget.GROUPED)
+    assert all(set(reading[(s, 2 * steps)]["grafted"]) == set(rep.table1_budget.GRAFTS_INTO_FULL)
+               for s in rep.table1_budget.GROUPED)  # and with full FT's rows of W_q and W_k
+    fig = rep.table1_budget.plot_far_reading(result)  # 4 heads x (4 models + 2 grafts); a dot per head and setting
+    assert len(fig.axes[0].patches) == 4 * 6 and len(fig.axes[1].collections) == len(rep.table1_budget.GROUPED)
     got = rep.table1_budget.phase_turned(result)
     assert set(got) == {(s, k * steps) for s in rep.table1_budget.GROUPED for k in rep.T1_BUDGETS}
     assert all(g["closed"][0] == 0 and g["own_change"][0] == 0 for g in got.values())  # t = 0: as trained

@@ -172,23 +172,29 @@ def _grafted(runner, run, n: int, full_run, pair: int, shape: tuple[int, int], b
     "grafted", its perplexity with each set of full FT's weights (same seed) in place of its own; "full_grafted",
     full FT's with each of GRAFTS_INTO_FULL of this run's; "grafted_by_layer", its perplexity with full FT's W_q and
     W_k in one layer at a time; and with `by_head`, "grafted_by_head", in one head at a time (`shape`: layers x
-    heads)."""
+    heads), and "far_reading_grafted", its far reading (`sinks.far_reading`) with each of GRAFTS_INTO_FULL of full
+    FT's."""
     rows = {None: None, "slow": [pair - 1, pair, pair + 1], "fast": list(range(pair - 1))}
 
-    def ppl(model, donor, name: str) -> float:
+    def spec(donor, name: str) -> dict:
         names, which = GRAFTS[name]
-        return runner.ppl(model, n, grafted={"donor": donor["key"], "names": list(names), "pairs": rows[which]})["ppl"]
+        return {"donor": donor["key"], "names": list(names), "pairs": rows[which]}
 
     def qk(layer: int, head: int | None = None) -> float:  # full FT's W_q and W_k rows of one layer (or head)
         names = [f"layers.{layer}.self_attn.{w}_proj" for w in "qk"]
-        spec = {"donor": full_run["key"], "names": names, "pairs": None, **({} if head is None else {"heads": [head]})}
-        return runner.ppl(run, n, grafted=spec)["ppl"]
+        edit = {"donor": full_run["key"], "names": names, "pairs": None, **({} if head is None else {"heads": [head]})}
+        return runner.ppl(run, n, grafted=edit)["ppl"]
 
     layers, heads = shape
-    return {"grafted": {name: ppl(run, full_run, name) for name in GRAFTS},
-            "full_grafted": {name: ppl(full_run, run, name) for name in GRAFTS_INTO_FULL},
+    return {"grafted": {name: runner.ppl(run, n, grafted=spec(full_run, name))["ppl"] for name in GRAFTS},
+            "full_grafted": {name: runner.ppl(full_run, n, grafted=spec(run, name))["ppl"]
+                             for name in GRAFTS_INTO_FULL},
             "grafted_by_layer": [qk(i) for i in range(layers)],
-            **({"grafted_by_head": [[qk(i, h) for h in range(heads)] for i in range(layers)]} if by_head else {})}
+            **({} if not by_head else {
+                "grafted_by_head": [[qk(i, h) for h in range(heads)] for i in range(layers)],
+                "far_reading_grafted": {name: runner.far_reading(run, n, DISTANCE_DOCUMENTS, HIDDEN,
+                                                                 grafted=spec(full_run, name))
+                                        for name in GRAFTS_INTO_FULL}})}
 
 
 def _far_keys_hidden(runner, run, n: int, full_run, shape: tuple[int, int], by_head: list) -> dict:
@@ -656,17 +662,23 @@ def plot_far_keys_hidden(result: dict, context: int | None = None):
 
 def far_reading(result: dict, **match) -> dict:
     """{(setting, steps): sinks.far_reading averaged over the seeds} (`_by_setting`, the base included): "mass" and
-    "change", layers x heads each."""
-    return {key: {f: _mean([x[f] for x in xs]) for f in ("mass", "change")}
+    "change", layers x heads each; and for the grouped settings, where recorded, "grafted": {graft: the same two
+    with that graft of full FT's weights (GRAFTS_INTO_FULL)}."""
+    def both(xs: list) -> dict:
+        return {f: _mean([x[f] for x in xs]) for f in ("mass", "change")}
+
+    grafted = _by_setting(result, "far_reading_grafted", **match)
+    return {key: {**both(xs), **({} if key not in grafted else {
+                "grafted": {g: both([x[g] for x in grafted[key]]) for g in grafted[key][0]}})}
             for key, xs in _by_setting(result, "far_reading", **match).items()}
 
 
 def plot_far_reading(result: dict, context: int | None = None, heads: int = 4):
     """Why two heads of layer 1 cost most, at `context` (default the longest) and the longest budget, mean of the
     seeds. Left: for the `heads` heads whose far keys, hidden alone, close most of S2-Attn's gap, the share of their
-    attention on the keys HIDDEN hides, over every query that has such keys, in the base with PI, full FT and the
-    grouped models. Right: every head of each grouped model, that share minus full FT's against the share of the gap
-    its hiding closes."""
+    attention on the keys HIDDEN hides, over every query that has such keys, in the base with PI, full FT, the
+    grouped models and S2-Attn with full FT's slow or fast rows of W_q and W_k (where recorded). Right: every head of
+    each grouped model, that share minus full FT's against the share of the gap its hiding closes."""
     from ..plotting import color
 
     n = context or max(r["context"] for r in result["rows"])
@@ -677,14 +689,16 @@ def plot_far_reading(result: dict, context: int | None = None, heads: int = 4):
     closed = torch.tensor(hidden[("s2", long)]["by_head"])  # (layers, heads)
     top = [divmod(i, closed.shape[1]) for i in closed.flatten().argsort(descending=True)[:heads].tolist()]
     fig, (a, b) = figure()
-    models = [k for k in (("base+PI", 0), ("full", long), *((s, long) for s in GROUPED)) if k in reading]
-    width = 0.8 / len(models)
-    for i, key in enumerate(models):
-        mass = reading[key]["mass"]
-        a.bar([j + (i - len(models) / 2 + 0.5) * width for j in range(len(top))],
-              [100 * mass[layer][head] for layer, head in top], width,
-              color="gray" if key[0] == "base+PI" else color(key[0]), label=" ".join(map(str, key)) if key[1] else
-              "base with PI")
+    bars = [("base with PI", reading[("base+PI", 0)]["mass"], "gray", None)] if ("base+PI", 0) in reading else []
+    bars += [(f"{s} {long}", reading[(s, long)]["mass"], color(s), None) for s in ("full", *GROUPED)
+             if (s, long) in reading]
+    bars += [(f"s2 + full FT's {g.split()[-2]} rows", x["mass"], color("s2"), "//")  # grafts of W_q, W_k rows
+             for g, x in reading[("s2", long)].get("grafted", {}).items() if "pairs" in g]
+    width = 0.8 / len(bars)
+    for i, (label, mass, c, hatch) in enumerate(bars):
+        a.bar([j + (i - len(bars) / 2 + 0.5) * width for j in range(len(top))],
+              [100 * mass[layer][head] for layer, head in top], width, color="white" if hatch else c,
+              edgecolor=c, hatch=hatch, alpha=0.6 if hatch == "//" and "fast" in label else 1.0, label=label)
     a.set_xticks(range(len(top)), [f"layer {layer}\nhead {head}" for layer, head in top], fontsize=8)
     label_axes(a, f"n = {n}: attention on keys more than {HIDDEN.split()[1]} x n back" + quick_note(result),
                "the heads whose hiding closes most", "attention there (%)", legend=7)
