@@ -148,7 +148,8 @@ def far_reading(model, documents: list[torch.Tensor], test: str = "window 0.5") 
     mass = change = None
     for doc in documents:
         n = doc.numel()
-        hidden = key_mask("full", n) & ~key_mask(test, n)  # (n, n): the keys the test hides
+        causal, kept = key_mask("full", n), key_mask(test, n)
+        hidden = causal & ~kept  # (n, n): the keys the test hides
         rows = hidden.any(-1)  # the queries that have any
         if not rows.any():
             raise ValueError(f"{test!r} hides no key at {n} tokens")
@@ -159,10 +160,10 @@ def far_reading(model, documents: list[torch.Tensor], test: str = "window 0.5") 
             attn = layer.self_attn
             q, k, v = attn.qkv(layer.input_layernorm(x), cos, sin)  # (1, h, n, d), (1, kv, n, d)
             scores = torch.einsum("hid,hjd->hij", q[0], repeat_kv(k, q.shape[1])[0]) / q.shape[-1] ** 0.5
-            probs = scores.masked_fill(~key_mask("full", n), float("-inf")).softmax(-1)  # (h, n, n)
+            probs = scores.masked_fill(~causal, float("-inf")).softmax(-1)  # (h, n, n)
             per_mass.append((probs * hidden).sum(-1)[:, rows].double().mean(-1))  # (h,)
             out = sdpa(q, k, v, causal=True)  # (1, h, n, d)
-            masked = sdpa(q, k, v, causal=False, mask=key_mask(test, n).to(x.device))
+            masked = sdpa(q, k, v, causal=False, mask=kept.to(x.device))
             w_o = rearrange(attn.o_proj.weight, "e (h d) -> h e d", h=q.shape[1])  # each head's slice of W_o
             own, without = (torch.einsum("hed,hnd->hne", w_o, o[0])[:, rows] for o in (out, masked))  # (h, m, dim)
             per_change.append(((without - own).norm(dim=-1) / own.norm(dim=-1)).double().mean(-1))

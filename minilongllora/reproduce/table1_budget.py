@@ -692,13 +692,14 @@ def plot_far_reading(result: dict, context: int | None = None, heads: int = 4):
     bars = [("base with PI", reading[("base+PI", 0)]["mass"], "gray", None)] if ("base+PI", 0) in reading else []
     bars += [(f"{s} {long}", reading[(s, long)]["mass"], color(s), None) for s in ("full", *GROUPED)
              if (s, long) in reading]
-    bars += [(f"s2 + full FT's {g.split()[-2]} rows", x["mass"], color("s2"), "//")  # grafts of W_q, W_k rows
+    hatch = {"slow": "//", "fast": ".."}  # S2-Attn with full FT's rows of W_q, W_k for those pairs
+    bars += [(f"s2 + full FT's {g.split()[-2]} rows", x["mass"], color("s2"), hatch[g.split()[-2]])
              for g, x in reading[("s2", long)].get("grafted", {}).items() if "pairs" in g]
     width = 0.8 / len(bars)
-    for i, (label, mass, c, hatch) in enumerate(bars):
+    for i, (label, mass, c, pattern) in enumerate(bars):
         a.bar([j + (i - len(bars) / 2 + 0.5) * width for j in range(len(top))],
-              [100 * mass[layer][head] for layer, head in top], width, color="white" if hatch else c,
-              edgecolor=c, hatch=hatch, alpha=0.6 if hatch == "//" and "fast" in label else 1.0, label=label)
+              [100 * mass[layer][head] for layer, head in top], width, color="white" if pattern else c,
+              edgecolor=c, hatch=pattern, label=label)
     a.set_xticks(range(len(top)), [f"layer {layer}\nhead {head}" for layer, head in top], fontsize=8)
     label_axes(a, f"n = {n}: attention on keys more than {HIDDEN.split()[1]} x n back" + quick_note(result),
                "the heads whose hiding closes most", "attention there (%)", legend=7)
