@@ -177,13 +177,10 @@ def test_table1_budget_reuses_table1s_runs_and_doubles_the_steps(base_dir, dirs,
                                                                          for f in rep.T1_BUDGET_FACTORS]
     assert all(sum(r["distance_mass"]["mean"]) == pytest.approx(1.0, abs=1e-6) and r["far_minus_near"] for r in start)
     assert all(len(r["rotary_phase"]["phase"]) == layers for r in start)
-    longest = max(rep.T1_BUDGET_FACTORS) * unit
-    for r in rows + start:  # far_reading: every model at the longest context and budget, the base beside them
-        assert ("far_reading" in r) == (r["context"] == longest and r["steps"] in (0, 2 * steps))
-        if "far_reading" in r:
-            mass, change = r["far_reading"]["mass"], r["far_reading"]["change"]
-            assert r["far_reading"]["test"] == "window 0.5" and [len(mass), len(mass[0])] == [layers, heads]
-            assert all(0 <= m <= 1 for m in sum(mass, [])) and all(c >= 0 for c in sum(change, []))
+    for r in rows + start:  # far_reading: every model and the base with each context's interpolation
+        mass, change = r["far_reading"]["mass"], r["far_reading"]["change"]
+        assert r["far_reading"]["test"] == "window 0.5" and [len(mass), len(mass[0])] == [layers, heads]
+        assert all(0 <= m <= 1 for m in sum(mass, [])) and all(c >= 0 for c in sum(change, []))
     full = {(r["seed"], r["context"], r["steps"]): r for r in rows if r["setting"] == "full"}
     for r in rows:  # the phase test: every run's phase, each grouped one turned toward full FT's of the same seed
         phase = r["rotary_phase"]["phase"]
@@ -283,8 +280,8 @@ def test_table1_budget_reuses_table1s_runs_and_doubles_the_steps(base_dir, dirs,
     assert len(fig.axes[0].patches) == len(hidden) * (layers + 3) and len(fig.axes[1].patches) == len(hidden) * 3
     fig = rep.table1_budget.plot_far_keys_heads(result)  # one panel per grouped setting, a cell per layer and head
     assert len(fig.axes) == len(rep.table1_budget.GROUPED) and len(fig.axes[0].texts) == layers * heads
-    reading = rep.table1_budget.far_reading(result)  # every model at the longest, and the base
-    assert set(reading) == {("base+PI", 0), *((s, 2 * steps) for s in rep.T1_BUDGET_SETTINGS)}
+    reading = rep.table1_budget.far_reading(result, context=max(rep.T1_BUDGET_FACTORS) * unit)  # and the base
+    assert set(reading) == {("base+PI", 0), *((s, k * steps) for s in rep.T1_BUDGET_SETTINGS for k in rep.T1_BUDGETS)}
     assert all(set(reading[(s, 2 * steps)]["grafted"]) == set(rep.table1_budget.GRAFTS_INTO_FULL)
                for s in rep.table1_budget.GROUPED)  # and with full FT's rows of W_q and W_k
     fig = rep.table1_budget.plot_far_reading(result)  # 4 heads x (4 models + 2 grafts); a dot per head and setting

@@ -70,8 +70,8 @@ def rows(plan: Plan, runner, seeds) -> list[dict]:
     ones also tested with their own pattern, every run's loss by position also with its interpolation stretched by
     PI_STRETCH, where the window's last queries attend (by distance, `distance_mass`) and why
     (`score_by_frequency`), every run's slow-frequency phases (`sinks.rotary_phase`) and each grouped run's phase test
-    (`_phase_turned`) and graft test (`_grafted`), and at the longest context and budget the far-key test
-    (`_far_keys_hidden`) and how much each head reads from the keys it hides (`sinks.far_reading`); the curve is
+    (`_phase_turned`) and graft test (`_grafted`), how much each head reads from the keys beyond n/2
+    (`sinks.far_reading`), and at the longest context and budget the far-key test (`_far_keys_hidden`); the curve is
     recorded every `plan.curve_every` steps in both, so the two budgets' curves share their first points."""
     out = []
     for seed in seeds:
@@ -95,9 +95,9 @@ def rows(plan: Plan, runner, seeds) -> list[dict]:
                                                                       FAR_BINS)["far_minus_near"]
                     phase = runner.rotary_phase(run, n, DISTANCE_DOCUMENTS)
                     row["rotary_phase"] = _phase_fields(phase)
+                    # how much each head reads, and takes, from the keys the far-key test hides
+                    row["far_reading"] = runner.far_reading(run, n, DISTANCE_DOCUMENTS, HIDDEN)
                     by_head = factor == max(T1_BUDGET_FACTORS) and budget == max(T1_BUDGETS)
-                    if by_head:  # how much each head reads, and takes, from the keys the far-key test hides
-                        row["far_reading"] = runner.far_reading(run, n, DISTANCE_DOCUMENTS, HIDDEN)
                     # the phases of its slow neighbours too: {pair: layers x heads}, the middle one the test's
                     phases = {q: runner.rotary_phase(run, n, DISTANCE_DOCUMENTS, q)["phase"]
                               for q in (phase["pair"] - 1, phase["pair"] + 1)} | {phase["pair"]: phase["phase"]}
@@ -117,9 +117,8 @@ def rows(plan: Plan, runner, seeds) -> list[dict]:
                         "distance_mass": runner.distance_mass("base", n, DISTANCE_DOCUMENTS, rope_factor=pi),
                         "far_minus_near": runner.score_by_frequency("base", n, DISTANCE_DOCUMENTS, NEAR_BINS,
                                                                     FAR_BINS, rope_factor=pi)["far_minus_near"],
-                        "rotary_phase": base_phase}
-                if factor == max(T1_BUDGET_FACTORS):
-                    base["far_reading"] = runner.far_reading("base", n, DISTANCE_DOCUMENTS, HIDDEN, rope_factor=pi)
+                        "rotary_phase": base_phase,
+                        "far_reading": runner.far_reading("base", n, DISTANCE_DOCUMENTS, HIDDEN, rope_factor=pi)}
                 out.append(base)
     return out
 
