@@ -58,6 +58,8 @@ GRAFTS_INTO_FULL = ("W_q, W_k", "W_q, W_k slow pairs", "W_q, W_k fast pairs")
 # longest context and budget): which heads carry the break? There, each grouped model is also tested with the keys
 # beyond a window of n/2 hidden (sinks.KeyMasked, notebook 16's test) in every head, in one layer's heads at a time,
 # and in the two heads whose graft closes most; full FT with the same keys hidden: do those heads' far keys do it?
+# And in one head at a time, to find the heads without a full-attention model. Every model's far reading
+# (sinks.far_reading, every context and budget): how much of each head's attention and output those keys make.
 HIDDEN = "window 0.5"
 PAPER = {"source": "LongLoRA v3 Table 1 (PAPER.md §1), its 16384 and 32768 columns (4x and 8x Llama 2's 4096)",
          "setup": "the paper has no budget ablation: Table 1 at the same multiples (its 1000 steps) for reference.",
