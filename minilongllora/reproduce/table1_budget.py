@@ -819,6 +819,13 @@ def _graft_text(rs: list[dict], n: int, long: int) -> str:
                 f"{same} of {len(hidden['heads'])} seeds) close {100 * hidden['found']:.0f}%; on the test split, "
                 f"heads chosen on validation: {100 * hidden['test']['found']:.0f}% (the grafted two "
                 f"{100 * hidden['test']['these_heads']:.0f}%, every head {100 * hidden['test']['all']:.0f}%)")
+    reading = far_reading({"rows": rs}, context=n)
+    if hidden is not None and ("s2", long) in reading and ("full", long) in reading:  # since far_reading was added
+        two = hidden["heads"][0]  # seed 0's two heads (the verdict names them)
+        mass = {s: [100 * reading[(s, long)]["mass"][a][b] for a, b in two] for s in ("s2", "full")}
+        far += (f"; over every query with such keys, layer {two[0][0]}'s head {two[0][1]} and layer {two[1][0]}'s "
+                f"head {two[1][1]} put {mass['s2'][0]:.0f}% and {mass['s2'][1]:.0f}% of their attention there (full "
+                f"FT {mass['full'][0]:.0f}% / {mass['full'][1]:.0f}%)")
     return (f"; grafting full FT's weights into S2-Attn (same seed) closes {100 * closed['W_q, W_k']:.0f}% of its gap "
             f"with W_q and W_k ({100 * closed['W_q, W_k slow pairs']:.0f}% with their slow pairs' rows only, "
             f"{100 * closed['W_q, W_k fast pairs']:.0f}% with the fast pairs' only{where}), "
