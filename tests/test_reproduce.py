@@ -247,6 +247,8 @@ def test_table1_budget_reuses_table1s_runs_and_doubles_the_steps(base_dir, dirs,
                               + [[[i, h] for h in range(heads)] for i in range(layers)]
                               + [[[i, h]] for i in range(layers) for h in range(heads)]} | {
                 (json.dumps(h), "test") for h in (None, hidden["heads"], hidden["found_heads"])}
+            assert hidden["far_reading"]["heads"] == hidden["found_heads"]  # every head's reading, those two hidden
+            assert [len(hidden["far_reading"]["mass"]), len(hidden["far_reading"]["mass"][0])] == [layers, heads]
             assert set(hidden["test"]) == {"all", "these_heads", "found"}
             assert all(p > 1 for p in hidden["test"].values())
         else:
@@ -283,6 +285,7 @@ def test_table1_budget_reuses_table1s_runs_and_doubles_the_steps(base_dir, dirs,
     reading = rep.table1_budget.far_reading(result, context=max(rep.T1_BUDGET_FACTORS) * unit)  # and the base
     assert set(reading) == {("base+PI", 0), *((s, k * steps) for s in rep.T1_BUDGET_SETTINGS for k in rep.T1_BUDGETS)}
     assert all(set(reading[(s, 2 * steps)]["grafted"]) == set(rep.table1_budget.GRAFTS_INTO_FULL)
+               and "found_hidden" in reading[(s, 2 * steps)]  # with the two heads' far keys hidden
                for s in rep.table1_budget.GROUPED)  # and with full FT's rows of W_q and W_k
     fig = rep.table1_budget.plot_far_reading(result)  # 4 heads x (4 models + 2 grafts); a dot per head and setting
     assert len(fig.axes[0].patches) == 4 * 6 and len(fig.axes[1].collections) == len(rep.table1_budget.GROUPED)

@@ -301,6 +301,8 @@ def test_graft_test_is_the_mean_of_the_seeds_by_hand():
     assert reading[("base+PI", 0)]["change"] == budget["starting_point"][-1]["far_reading"]["change"]
     assert (f"layer 1's head 2 and layer 1's head 3 put {100 * reading[('s2', 800)]['mass'][1][2]:.0f}% and "
             f"{100 * reading[('s2', 800)]['mass'][1][3]:.0f}% of their attention there") in verdict
+    moved = [r["far_keys_hidden"]["far_reading"]["mass"][2][0] for r in rows if r["setting"] == "s2"]
+    assert reading[("s2", 800)]["found_hidden"]["mass"][2][0] == pytest.approx(sum(moved) / 3)
     slow = [r["far_reading_grafted"]["W_q, W_k slow pairs"]["mass"][1][2] for r in rows if r["setting"] == "s2"]
     assert reading[("s2", 800)]["grafted"]["W_q, W_k slow pairs"]["mass"][1][2] == pytest.approx(sum(slow) / 3)
     found = hidden[('s2', 800)]['test']['found']

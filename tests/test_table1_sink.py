@@ -178,6 +178,37 @@ def test_far_reading_against_the_attention_maps_by_hand():
         far_reading(model, docs, "window 1.0")
 
 
+def test_far_reading_with_some_heads_hidden_against_the_dense_oracle():
+    """`heads`: the test in those heads of the forward pass. No head gives the plain reading; with head 1 of layer 0
+    hidden, layer 0's reading is unchanged (its input is) and layer 1's equals the attention maps' of a pass whose
+    layer 0 the dense oracle computes with a per-head mask, in float64."""
+    from minilongllora.reference import attention_probs, dense_attention
+
+    model = _model(layers=2).double()
+    docs = [torch.randint(0, 256, (32,)) for _ in range(2)]
+    plain = far_reading(model, docs, "window 0.25")
+    assert far_reading(model, docs, "window 0.25", [])["mass"] == plain["mass"]
+    got = far_reading(model, docs, "window 0.25", [[0, 1]])
+    assert got["mass"][0] == plain["mass"][0] and got["change"][0] == plain["change"][0] and got["heads"] == [[0, 1]]
+    want = torch.zeros(4, dtype=torch.float64)
+    hidden = key_mask("full", 32) & ~key_mask("window 0.25", 32)
+    with torch.no_grad():
+        for doc in docs:
+            x = model.embed_tokens(doc[None])
+            cos, sin = model.rope(0, 32, x)
+            block = model.layers[0]
+            q, k, v = block.self_attn.qkv(block.input_layernorm(x), cos, sin)
+            masks = torch.stack([key_mask("window 0.25" if h == 1 else "full", 32) for h in range(4)])
+            x = x + block.self_attn.o_proj(rearrange(dense_attention(q, k, v, masks), "b h n d -> b n (h d)"))
+            x = x + block.mlp(block.post_attention_layernorm(x))
+            block = model.layers[1]
+            q, k, _ = block.self_attn.qkv(block.input_layernorm(x), cos, sin)
+            probs = attention_probs(q, k)[0]  # (h, n, n), causal
+            want += (probs * hidden).sum(-1)[:, 8:].mean(-1) / 2  # queries 8 … 31 have keys more than 8 back
+    torch.testing.assert_close(torch.tensor(got["mass"][1], dtype=torch.float64), want, atol=1e-10, rtol=1e-10)
+    assert not torch.allclose(torch.tensor(plain["mass"][1], dtype=torch.float64), want)
+
+
 def test_score_by_frequency_adds_up_to_the_scores_by_hand():
     model = _model(layers=2)  # head_dim 16: 8 rotating pairs
     docs = [torch.randint(0, 256, (32,)) for _ in range(2)]

@@ -94,8 +94,8 @@ class CostRunner:
         self._forward("distance", run, n, "full", rope_factor, 2 * documents)  # explicit probabilities: about twice
         return {}
 
-    def far_reading(self, run, n, documents, test, rope_factor=None, grafted=None):
-        self._forward("far reading", run, n, "full", rope_factor, 3 * documents, grafted)  # probabilities, 2 passes
+    def far_reading(self, run, n, documents, test, rope_factor=None, grafted=None, heads=None):
+        self._forward("far reading", run, n, "full", rope_factor, 3 * documents, grafted, heads)  # probs, 2 passes
         return {"mass": None, "change": None}
 
     def score_by_frequency(self, run, n, documents, near, far, rope_factor=None):

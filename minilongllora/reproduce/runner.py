@@ -230,15 +230,16 @@ class Runner:
         return self._cached(run, spec, compute)
 
     def far_reading(self, run, n: int, documents: int, test: str, rope_factor: float | None = None,
-                    grafted: dict | None = None) -> dict:
+                    grafted: dict | None = None, heads: list | None = None) -> dict:
         """sinks.far_reading of a run (or "base", with linear PI by `rope_factor` where given; `grafted`: see
-        `_model`) on the first n tokens of the first `documents` validation documents that hold n tokens: each head's
-        attention on, and output from, the keys that `test` hides."""
+        `_model`; `heads`: those read under `test` in the forward pass) on the first n tokens of the first `documents`
+        validation documents that hold n tokens: each head's attention on, and output from, the keys `test` hides."""
         spec = {"kind": "far_reading", "n": n, "documents": documents, "test": test,
-                **_given(rope_factor=rope_factor, grafted=grafted)}
+                **_given(rope_factor=rope_factor, grafted=grafted, heads=heads)}
 
         def compute():
-            return far_reading(self._model(run, "full", rope_factor, grafted=grafted), self._first(n, documents), test)
+            return far_reading(self._model(run, "full", rope_factor, grafted=grafted), self._first(n, documents), test,
+                               heads)
 
         return self._cached(run, spec, compute)
 

@@ -139,13 +139,15 @@ def distance_mass(model, documents: list[torch.Tensor], bins: int = 16) -> dict:
 
 
 @torch.no_grad()
-def far_reading(model, documents: list[torch.Tensor], test: str = "window 0.5") -> dict:
+def far_reading(model, documents: list[torch.Tensor], test: str = "window 0.5", heads: list | None = None) -> dict:
     """How much of each head's reading lies in the keys a key test hides (e.g. "window 0.5": those more than n/2
     back), over every query that has such keys, averaged over `documents` (each (n,)), layers x heads each: "mass",
     the share of its causal attention on those keys; "change", |its contribution to the residual stream with them
     hidden (from this head alone) minus without| / |without|, its contribution being its slice of W_o times its
-    attention output. Every head reads the unmodified model's layer inputs."""
+    attention output. Every head reads the unmodified model's layer inputs; with `heads` ([layer, head] pairs), the
+    model's own with the test in those heads (KeyMasked's `heads`): does hiding their keys move the others'?"""
     mass = change = None
+    chosen = {tuple(pair) for pair in heads or []}
     for doc in documents:
         n = doc.numel()
         causal, kept = key_mask("full", n), key_mask(test, n)
@@ -156,7 +158,7 @@ def far_reading(model, documents: list[torch.Tensor], test: str = "window 0.5") 
         x = model.embed_tokens(doc[None])  # (1, n, dim)
         cos, sin = model.rope(0, n, x)
         per_mass, per_change = [], []
-        for layer in model.layers:
+        for i, layer in enumerate(model.layers):
             attn = layer.self_attn
             q, k, v = attn.qkv(layer.input_layernorm(x), cos, sin)  # (1, h, n, d), (1, kv, n, d)
             scores = torch.einsum("hid,hjd->hij", q[0], repeat_kv(k, q.shape[1])[0]) / q.shape[-1] ** 0.5
@@ -167,12 +169,14 @@ def far_reading(model, documents: list[torch.Tensor], test: str = "window 0.5") 
             w_o = rearrange(attn.o_proj.weight, "e (h d) -> h e d", h=q.shape[1])  # each head's slice of W_o
             own, without = (torch.einsum("hed,hnd->hne", w_o, o[0])[:, rows] for o in (out, masked))  # (h, m, dim)
             per_change.append(((without - own).norm(dim=-1) / own.norm(dim=-1)).double().mean(-1))
+            picked = torch.tensor([(i, h) in chosen for h in range(q.shape[1])], device=x.device)
+            out = torch.where(picked[:, None, None], masked, out)  # the chosen heads read under the test
             x = x + attn.o_proj(rearrange(out, "b h n d -> b n (h d)"))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         m, c = torch.stack(per_mass), torch.stack(per_change)  # (layers, h)
         mass, change = (m, c) if mass is None else (mass + m, change + c)
     return {"mass": (mass / len(documents)).tolist(), "change": (change / len(documents)).tolist(), "test": test,
-            "documents": len(documents)}
+            "documents": len(documents), **({} if heads is None else {"heads": heads})}
 
 
 @torch.no_grad()

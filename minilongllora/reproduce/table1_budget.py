@@ -203,8 +203,9 @@ def _far_keys_hidden(runner, run, n: int, full_run, shape: tuple[int, int], by_h
     heads of one layer at a time), "heads" and "these_heads" (the two heads whose graft closes most, `by_head`:
     layers x heads of perplexities), and full FT's with the same keys hidden ("full_all", "full_these_heads").
     Without a full-attention model: "by_head" (hidden in one head at a time, layers x heads), "found_heads" and
-    "found" (the two heads whose hiding alone lowers the perplexity most, hidden together). All on the validation
-    split, where the heads are chosen; "test": "all", "these_heads" and "found" on the test split."""
+    "found" (the two heads whose hiding alone lowers the perplexity most, hidden together), and "far_reading", every
+    head's far reading with those two's far keys hidden (sinks.far_reading's `heads`). All on the validation split,
+    where the heads are chosen; "test": "all", "these_heads" and "found" on the test split."""
     layers, heads = shape
 
     def two(ppl: list) -> list:  # the two heads of the lowest perplexity, in (layer, head) order
@@ -221,6 +222,7 @@ def _far_keys_hidden(runner, run, n: int, full_run, shape: tuple[int, int], by_h
             "heads": chosen, "these_heads": ppl(run, chosen),
             "full_all": ppl(full_run), "full_these_heads": ppl(full_run, chosen),
             "by_head": alone, "found_heads": found, "found": ppl(run, found),
+            "far_reading": runner.far_reading(run, n, DISTANCE_DOCUMENTS, HIDDEN, heads=found),
             "test": {"all": ppl(run, split="test"), "these_heads": ppl(run, chosen, "test"),
                      "found": ppl(run, found, "test")}}
 
@@ -664,13 +666,17 @@ def plot_far_keys_hidden(result: dict, context: int | None = None):
 def far_reading(result: dict, **match) -> dict:
     """{(setting, steps): sinks.far_reading averaged over the seeds} (`_by_setting`, the base included): "mass" and
     "change", layers x heads each; and for the grouped settings, where recorded, "grafted": {graft: the same two
-    with that graft of full FT's weights (GRAFTS_INTO_FULL)}."""
+    with that graft of full FT's weights (GRAFTS_INTO_FULL)} and "found_hidden": the same two with the far keys of
+    the two heads found alone hidden in the forward pass (`_far_keys_hidden`)."""
     def both(xs: list) -> dict:
         return {f: _mean([x[f] for x in xs]) for f in ("mass", "change")}
 
     grafted = _by_setting(result, "far_reading_grafted", **match)
+    hidden = {key: [x["far_reading"] for x in xs if "far_reading" in x]
+              for key, xs in _by_setting(result, "far_keys_hidden", **match).items()}
     return {key: {**both(xs), **({} if key not in grafted else {
-                "grafted": {g: both([x[g] for x in grafted[key]]) for g in grafted[key][0]}})}
+                "grafted": {g: both([x[g] for x in grafted[key]]) for g in grafted[key][0]}}),
+                  **({"found_hidden": both(hidden[key])} if hidden.get(key) else {})}
             for key, xs in _by_setting(result, "far_reading", **match).items()}
 
 
