@@ -29,6 +29,7 @@ from einops import rearrange
 from torch import nn
 
 from ..attention import repeat_kv, sdpa
+from ..reference import attention_probs
 
 KEY_TESTS = ("full", "no_first", "window", "window_sinks")
 
@@ -59,6 +60,13 @@ def key_mask(test: str, n: int) -> torch.Tensor:
     return window | (causal & (j < int(args[1])))
 
 
+def _picked(heads: list, layer: int, n_heads: int, device) -> torch.Tensor:
+    """(n_heads,) bool: the heads of `layer` that the [layer, head] pairs of `heads` choose."""
+    picked = torch.zeros(n_heads, dtype=torch.bool, device=device)
+    picked[[h for at, h in heads if at == layer]] = True
+    return picked
+
+
 class KeyMasked(nn.Module):
     """A Llama evaluated with `key_mask(test, n)` in every layer and head, or only in `heads` ([layer, head] pairs;
     the others read causally): (b, n) tokens -> (b, n, vocab) logits. The same blocks as `model.Block.forward`, with
@@ -77,14 +85,13 @@ class KeyMasked(nn.Module):
         for i, layer in enumerate(m.layers):
             attn = layer.self_attn
             q, k, v = attn.qkv(layer.input_layernorm(x), cos, sin)  # (b, h, n, d), (b, k, n, d)
-            chosen = None if self.heads is None else [h for at, h in self.heads if at == i]
-            if chosen == []:  # no head of this layer is chosen: all of it reads causally
+            picked = (torch.ones(q.shape[1], dtype=torch.bool, device=x.device) if self.heads is None
+                      else _picked(self.heads, i, q.shape[1], x.device))
+            if not picked.any():  # no head of this layer is chosen: all of it reads causally
                 out = sdpa(q, k, v, causal=True)
             else:
                 out = sdpa(q, k, v, causal=False, mask=mask)
-            if chosen:  # the chosen heads of this layer under the mask, the others causal
-                picked = torch.zeros(q.shape[1], dtype=torch.bool, device=x.device)
-                picked[chosen] = True
+            if picked.any() and not picked.all():  # the chosen heads of this layer under the mask, the others causal
                 out = torch.where(picked[:, None, None], out, sdpa(q, k, v, causal=True))
             x = x + attn.o_proj(rearrange(out, "b h n d -> b n (h d)"))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
@@ -147,7 +154,6 @@ def far_reading(model, documents: list[torch.Tensor], test: str = "window 0.5", 
     attention output. Every head reads the unmodified model's layer inputs; with `heads` ([layer, head] pairs), the
     model's own with the test in those heads (KeyMasked's `heads`): does hiding their keys move the others'?"""
     mass = change = None
-    chosen = {tuple(pair) for pair in heads or []}
     for doc in documents:
         n = doc.numel()
         causal, kept = key_mask("full", n), key_mask(test, n)
@@ -161,15 +167,14 @@ def far_reading(model, documents: list[torch.Tensor], test: str = "window 0.5", 
         for i, layer in enumerate(model.layers):
             attn = layer.self_attn
             q, k, v = attn.qkv(layer.input_layernorm(x), cos, sin)  # (1, h, n, d), (1, kv, n, d)
-            scores = torch.einsum("hid,hjd->hij", q[0], repeat_kv(k, q.shape[1])[0]) / q.shape[-1] ** 0.5
-            probs = scores.masked_fill(~causal, float("-inf")).softmax(-1)  # (h, n, n)
+            probs = attention_probs(q, k, causal)[0]  # (h, n, n)
             per_mass.append((probs * hidden).sum(-1)[:, rows].double().mean(-1))  # (h,)
             out = sdpa(q, k, v, causal=True)  # (1, h, n, d)
             masked = sdpa(q, k, v, causal=False, mask=kept.to(x.device))
             w_o = rearrange(attn.o_proj.weight, "e (h d) -> h e d", h=q.shape[1])  # each head's slice of W_o
             own, without = (torch.einsum("hed,hnd->hne", w_o, o[0])[:, rows] for o in (out, masked))  # (h, m, dim)
             per_change.append(((without - own).norm(dim=-1) / own.norm(dim=-1)).double().mean(-1))
-            picked = torch.tensor([(i, h) in chosen for h in range(q.shape[1])], device=x.device)
+            picked = _picked(heads or [], i, q.shape[1], x.device)
             out = torch.where(picked[:, None, None], masked, out)  # the chosen heads read under the test
             x = x + attn.o_proj(rearrange(out, "b h n d -> b n (h d)"))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
