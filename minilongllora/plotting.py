@@ -32,6 +32,7 @@ SETTING_COLORS = {
     "full_ft": "black", "lora": "tab:gray", "lora_plus": "tab:green",
     "lora_plus_norm": "tab:olive", "lora_plus_embed": "tab:cyan",  # Table 2: LoRA + norm only, + embedding only
     "lora_plus_lr10": "darkgreen",  # Figure 5's diagnostic: LoRA+ at ten times the regime's learning rate
+    "lora_plus_lr10_full_attn": "limegreen",  # … and at that rate trained with full attention
     # the FLOPs of Table 11, by kind
     "attn": "tab:red", "proj": "#6baed6", "ffn": "#74c476", "others": "#bdbdbd",
     # models and sources of numbers

@@ -380,15 +380,32 @@ def test_other_tables_quick(name, ids, base_dir, dirs, capsys):
         assert params[("lora", 8)] < params[("lora+norm", 8)] < params[("lora+embed", 8)] \
             < params[("lora+norm+embed", 8)] < params[("full", None)]
         assert params[("lora", 16)] == 2 * params[("lora", 8)]
+        # the diagnostic of attention: the same methods trained with full attention, at both rates
+        attention = {r["setting"]: r["attention"] for r in rows}
+        assert {s for s, a in attention.items() if a == "full"} == {s for s in attention if s.endswith("_full_attn")}
+        assert set(attention.values()) == {"s2", "full"} and attention["lora+norm+embed"] == "s2"
+        lr = {r["setting"]: r["lr"] for r in rows}
+        assert lr["full_lr10_full_attn"] == pytest.approx(10 * lr["full_full_attn"])
+        assert lr["lora+norm+embed_lr10_full_attn"] == pytest.approx(10 * lr["lora+norm+embed_full_attn"])
+        assert params[("lora+norm+embed_full_attn", 8)] == params[("lora+norm+embed", 8)]
+        assert [c["label"] for c in rep.table2.without_s2(result)] == [
+            "full FT, S2-Attn", "full FT, full attention", "full FT, lr x10, full attention", "LoRA+, S2-Attn",
+            "LoRA+, full attention", "LoRA+, lr x10, S2-Attn", "LoRA+, lr x10, full attention"]
+        assert "Trained with full attention instead of S2-Attn" in results.verdict({**result, "quick": False})
+        assert rep.table2.plot_without_s2(result).axes
     if name == "table6":
         by = {(r["pattern"], r["test_full_attention"]): r["ppl"] for r in rows}
         assert by[("s2", True)] != by[("s2", False)]  # a model's own pattern is a different computation
     if name == "figure5":
-        assert {r["setting"] for r in rows} == {"full", "lora_plus", "lora_plus_lr10"}
+        assert {r["setting"] for r in rows} == {"full", "lora_plus", "lora_plus_lr10", "lora_plus_lr10_full_attn"}
         starts = [r["val_window_ppl"] for r in rows if r["step"] == 0]
-        assert len(starts) == 3 and len(set(starts)) == 1  # all start from the same interpolated base
+        assert len(starts) == 4 and len(set(starts)) == 1  # all start from the same interpolated base
         lr = {r["setting"]: r["lr"] for r in rows}
         assert lr["lora_plus_lr10"] == pytest.approx(10 * lr["lora_plus"]) and lr["lora_plus"] == lr["full"]
+        assert lr["lora_plus_lr10_full_attn"] == lr["lora_plus_lr10"]
+        attention = {r["setting"]: r["attention"] for r in rows}
+        assert attention == {"full": "s2", "lora_plus": "s2", "lora_plus_lr10": "s2", "lora_plus_lr10_full_attn": "full"}
+        assert "trained with full attention instead at that rate" in results.verdict({**result, "quick": False})
         last = max(r["step"] for r in rows)  # the final models, tested as every table tests: both splits
         finals = [r for r in rows if "ppl_test" in r]
         assert {(r["setting"], r["step"]) for r in finals} == {(s, last) for s in lr}

@@ -16,7 +16,9 @@
     table1_sink  (not in the paper, issue 16) Table 1 at 2x and 8x with short_sink, s2_sink, S2-Attn + every k-th
              step full (k chosen on validation), S2-Attn + growing groups; FLOPs relative to full attention; Table
              1's models tested with the first tokens or the far keys hidden, and their attention on the first tokens
-    table2   full FT vs LoRA r = 8, 16, 32, 64 vs LoRA r=8 + norm / + embed / + norm & embed, S2-Attn, at 8x
+    table2   full FT vs LoRA r = 8, 16, 32, 64 vs LoRA r=8 + norm / + embed / + norm & embed, S2-Attn, at 8x;
+             not in the paper, LoRA and LoRA+ at ten times the rate, and full FT and LoRA+ trained with full
+             attention at both rates: is LoRA+'s gap LoRA's or S2-Attn's?
     table6   attention patterns (S2 across heads / layers, only P1, only P2, dilated, block / stride sparse) at 8x,
              each tested with its own pattern and with full attention
     table7   S2-Attn group sizes 1/2, 1/4, 1/6, 1/8 of the target, and full attention, at 3x (768 tokens: the
@@ -27,7 +29,8 @@
     figure4  passkey retrieval against length: the base and the 8x LoRA+ model, each with and without "extended PI",
              with the code prompt the base retrieves from and with the paper's; not in the paper, the 8x full-FT
              model, and it fine-tuned with the base's 2% of passkey documents
-    figure5  validation perplexity against fine-tuning steps: full FT vs LoRA+, S2-Attn, at 2x
+    figure5  validation perplexity against fine-tuning steps: full FT vs LoRA+, S2-Attn, at 2x; not in the paper,
+             LoRA+ at ten times the rate, with S2-Attn and with full attention
 
 Everything starts from one base model (default `data/tiny-base`: the byte-level `tiny` LLaMA, 3,295,488 parameters
 with the embedding, pretrained at L = 256 tokens by the `pretrain-tiny` recipe) and the shipped pystdlib corpus
@@ -61,10 +64,10 @@ STEPS = 400 optimizer steps (1.64M tokens, 4.8% of the tiny base's 34.4M: at mos
 method (a tenth of the base's peak 1e-3: at most a tenth; one rate for all, as the paper's 2e-5), AdamW β = (0.9,
 0.95), weight decay 0, 20 warmup steps then constant (the paper's), clip 1.0, bf16 autocast (`PRECISION`;
 `--precision fp32` for fp32). Identical settings in different tables are the same run (table1's s2 at 2x is table8's
-split and Figure 5's full FT; table2's full FT is table1's s2 at 8x). Seeds 0 … N−1 (`--seeds N`, default 1) change
-the data order and the LoRA initialisation; each seed is its own row, `summary` gives mean and std over seeds, and a
-verdict calls two rows different only when their means differ by more than twice the larger standard error
-(`compare.resolve`), "not resolved" otherwise.
+split and Figure 5's full FT; table2's full FT is table1's s2 at 8x, its full FT with full attention table1's full at
+8x). Seeds 0 … N−1 (`--seeds N`, default 1) change the data order and the LoRA initialisation; each seed is its own
+row, `summary` gives mean and std over seeds, and a verdict calls two rows different only when their means differ by
+more than twice the larger standard error (`compare.resolve`), "not resolved" otherwise.
 
 Estimated full-run times, 1 seed, 2 quiet cores, bf16 (train + evaluation; the model from measured fp32 tokens/s:
 8,000 tok/s at 1024 with S2 + LoRA+, 7,000 at 256 with full FT, divided by BF16_SPEEDUP; see `cost.py`). "alone"
@@ -77,13 +80,13 @@ starts from an empty cache; "in order" runs the tables in the order listed, each
     table1_budget   88 min   71 min     12 (6)
     table1_sink     47 min   31 min     16 (10)
     table8          11 min    6 min     5 (3)
-    figure5          5 min    3 min     3 (2)
+    figure5          7 min    5 min     4 (3)
     table6          19 min   19 min     7 (7)
-    table2          23 min   18 min     10 (8)
+    table2          38 min   29 min     14 (11)
     figure4          8 min    4 min     3 (1)
     table7          11 min   11 min     5 (5)
     table11          0 min    0 min     0 (0)
-    all                   ~ 3 h 30 min  (60 runs, most of 1.6M tokens; N seeds: about N times as long)
+    all                   ~ 3 h 43 min  (64 runs, most of 1.6M tokens; N seeds: about N times as long)
 
 `--quick` runs every table with 2 steps of 1 sequence at contexts of 2 x 64 … 16 x 64 tokens (PI by context / L
 where that is above 1), 2 evaluation windows, 1 document, 1 passkey trial at 2 lengths: the mechanics in seconds

@@ -3,7 +3,9 @@
 its rename).
 
 Not in the paper: LoRA+ also at ten times the regime's learning rate (`lora_plus_lr10`), the usual LoRA practice
-(LoRA rates ~10x full fine-tuning's), to test whether LoRA+ lags full fine-tuning for want of learning rate."""
+(LoRA rates ~10x full fine-tuning's), to test whether LoRA+ lags full fine-tuning for want of learning rate; and at
+that rate trained with full attention instead of S2-Attn (`lora_plus_lr10_full_attn`): is its turn LoRA's or
+S2-Attn's?"""
 
 from __future__ import annotations
 
@@ -15,8 +17,10 @@ from .record import window_ppl
 NAME = "figure5"
 DESCRIPTION = "Figure 5: validation perplexity against fine-tuning steps, full FT vs LoRA+, S2-Attn at 2x"
 ID_FIELDS = ("setting", "step")
-SETTINGS = {"full": ("full", 1.0), "lora_plus": ("lora_plus", 1.0), "lora_plus_lr10": ("lora_plus", 10.0)}
-# setting -> (method, learning rate as a multiple of the regime's LR[method]); lora_plus_lr10 is the diagnostic
+SETTINGS = {"full": ("full", 1.0, "s2"), "lora_plus": ("lora_plus", 1.0, "s2"),
+            "lora_plus_lr10": ("lora_plus", 10.0, "s2"), "lora_plus_lr10_full_attn": ("lora_plus", 10.0, "full")}
+# setting -> (method, learning rate as a multiple of the regime's LR[method], training attention); the last two are
+# the diagnostics
 PAPER = {"source": "LongLoRA v3 Figure 5 (PAPER.md §1)", "setup": "Llama2 7B with S2-Attn, target 8192, "
          "RedPajama, PG19 validation perplexity every 100 of 1000 steps (values read from the plot labels).",
          "rows": [{"setting": s, "step": 100 * i, "val_ppl": v} for s, vs in
@@ -28,11 +32,11 @@ PAPER = {"source": "LongLoRA v3 Figure 5 (PAPER.md §1)", "setup": "Llama2 7B wi
 def rows(plan: Plan, runner, seeds) -> list[dict]:
     out, n = [], plan.context(2)
     for seed in seeds:
-        for setting, (method, times) in SETTINGS.items():
-            cfg = plan.config(n, method=method, attention="s2", seed=seed, lr=times * LR[method])
+        for setting, (method, times, attention) in SETTINGS.items():
+            cfg = plan.config(n, method=method, attention=attention, seed=seed, lr=times * LR[method])
             run = runner.train(cfg)
             start = runner.window_ppl_at_start(cfg)
-            fields = {"context": n, "seed": seed, "lr": cfg.lr, "run": run["key"]}
+            fields = {"context": n, "seed": seed, "lr": cfg.lr, "attention": attention, "run": run["key"]}
             out.append({"setting": setting, "step": 0, "tokens": 0, "val_window_ppl": start, **fields})
             out += [{"setting": setting, "step": m["step"], "tokens": m["tokens"], "val_window_ppl": window_ppl(m),
                      **fields} for m in run["metrics"]
@@ -55,7 +59,9 @@ def compare(result: dict) -> list[dict]:
 
 
 F5_NAMES = {"full": ("full FT", "full_ft"), "lora_plus": ("LoRA+", "lora_plus"),  # label, plotting.SETTING_COLORS
-            "lora_plus_lr10": ("LoRA+ at 10x lr (not in the paper)", "lora_plus_lr10")}
+            "lora_plus_lr10": ("LoRA+ at 10x lr (not in the paper)", "lora_plus_lr10"),
+            "lora_plus_lr10_full_attn": ("LoRA+ at 10x lr, full attention (not in the paper)",
+                                         "lora_plus_lr10_full_attn")}
 F5_TICKS = (2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 30, 40, 60, 80, 100)  # the log axis's labels, where the data reach
 
 
@@ -75,7 +81,7 @@ def plot(result: dict, rows_: list[dict]):
         for s, pts in lines.items():
             name, key = F5_NAMES.get(s, (s, s))
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color=color(key), label=name,
-                    linestyle="--" if s.endswith("_lr10") else "-")
+                    linestyle="--" if "_lr10" in s else "-")
             spread = [r.get("ours_sd") for r in rows_ if r["label"] == s] if lines is series[1] else []
             if any(spread):  # ours over seeds: the mean and a band of +- one standard deviation
                 lo, hi = ([p[1] + k * (e or 0.0) for p, e in zip(pts, spread)] for k in (-1, 1))
@@ -92,7 +98,7 @@ def verdict(result: dict, rows_: list[dict]) -> str:
     rows, metric = result["rows"], ("val_window_ppl" if any("val_window_ppl" in r for r in result["rows"])
                                     else "val_ppl")
     curves = {s: {r["step"]: r for r in rows_ if r["label"] == s} for s in SETTINGS}
-    full, lora, lr10 = curves.values()
+    full, lora, lr10, lr10_full = (curves[s] for s in SETTINGS)
     p_full, p_lora = ({r["step"]: r["val_ppl"] for r in result["paper"]["rows"] if r["setting"] == s}
                       for s in ("full", "lora_plus"))
     end = max(full)
@@ -118,9 +124,13 @@ def verdict(result: dict, rows_: list[dict]) -> str:
             f"ours, LoRA+ is {vs_full(early)} and {vs_full(end)} (final {pm(full[end])} vs {pm(lora[end])}); full FT "
             f"{turn('full')}; LoRA+ moved {pct(lora[end]['ours'] / lora[prev]['ours'] - 1)} over its last "
             f"{end - prev} steps"
-            + ("." if not lr10 else f"; at ten times the learning rate (not in the paper) LoRA+ is "
+            + ("" if not lr10 else f"; at ten times the learning rate (not in the paper) LoRA+ is "
                f"{vs_full(early, 'lora_plus_lr10')} and {vs_full(end, 'lora_plus_lr10')} ({pm(lr10[end])}), "
-               f"{turn('lora_plus_lr10')}.") + _final(rows, end))
+               f"{turn('lora_plus_lr10')}")
+            + ("" if not lr10_full else f"; trained with full attention instead at that rate (not in the paper), "
+               f"{vs_full(early, 'lora_plus_lr10_full_attn')} and {vs_full(end, 'lora_plus_lr10_full_attn')} "
+               f"({pm(lr10_full[end])}), {turn('lora_plus_lr10_full_attn')}") + "."
+            + _final(rows, end))
 
 
 def _final(rows: list[dict], end: int) -> str:

@@ -3,12 +3,13 @@ at 8x the base's context (the paper's 32k of Llama 2's 4k).
 
 Not in the paper: LoRA r=8 alone and LoRA+ also at ten times the regime's learning rate (`lora_lr10`,
 `lora+norm+embed_lr10`), the usual LoRA practice, to test whether LoRA lags full fine-tuning for want of learning
-rate (the regime gives every method the paper's one rate)."""
+rate (the regime gives every method the paper's one rate); and full FT and LoRA+ trained with full attention instead
+of S2-Attn, at both rates (`without_s2`): is LoRA+'s gap LoRA's or S2-Attn's?"""
 
 from __future__ import annotations
 
-from .compare import (OUR_MODEL, PAPER_MODEL, RULE, bars, figure, fonts, on_test, paired_bars, paper_value, pct,
-                      ppl_row, quick_note, reference, rel_sd, seeds_text, than, versus)
+from .compare import (OUR_MODEL, PAPER_MODEL, RULE, bars, figure, fonts, label_axes, on_test, paired_bars,
+                      paper_value, pct, ppl_row, quick_note, reference, rel_sd, seeds_text, than, versus)
 from .plan import LR, Plan
 from .runner import run_fields
 
@@ -22,7 +23,13 @@ T2_SETTINGS = (("full", None, dict(method="full")),
                ("lora+embed", 8, dict(method="lora_plus", train_embed=True, train_norm=False)),
                ("lora+norm+embed", 8, dict(method="lora_plus")),
                ("lora_lr10", 8, dict(method="lora", rank=8, lr=10 * LR["lora"])),  # the diagnostic, not in the paper
-               ("lora+norm+embed_lr10", 8, dict(method="lora_plus", lr=10 * LR["lora_plus"])))
+               ("lora+norm+embed_lr10", 8, dict(method="lora_plus", lr=10 * LR["lora_plus"])),
+               *((f"{s}_full_attn", r, dict(kw, attention="full")) for s, r, kw in (  # the diagnostic of attention
+                   ("full", None, dict(method="full")),  # Table 1's 8x full-attention run
+                   ("full_lr10", None, dict(method="full", lr=10 * LR["full"])),
+                   ("lora+norm+embed", 8, dict(method="lora_plus")),
+                   ("lora+norm+embed_lr10", 8, dict(method="lora_plus", lr=10 * LR["lora_plus"])))))
+FULL_ATTN = "_full_attn"  # the suffix of the settings trained with full attention (every other trains with S2-Attn)
 PAPER = {"source": "LongLoRA v3 Table 2 (PAPER.md §1)", "setup": "Llama2 7B with S2-Attn, target 32768, "
          "RedPajama, PG19 validation perplexity.",
          "rows": [{"setting": "full", "rank": None, "ppl": 8.08}]
@@ -42,11 +49,12 @@ def rows(plan: Plan, runner, seeds) -> list[dict]:
     out, n = [], plan.context(8)
     for seed in seeds:
         for setting, rank, kw in T2_SETTINGS:
-            cfg = plan.config(n, attention="s2", seed=seed, **kw)
+            cfg = plan.config(n, seed=seed, **{"attention": "s2", **kw})
             run = runner.train(cfg)
             out.append({"setting": setting, "rank": rank, "context": n, "seed": seed, "method": cfg.method,
-                        "lr": cfg.lr, "trainable_params": runner.trainable(cfg), **runner.ppl(run, n),
-                        **runner.last_quarter(run, n), **runner.test_split(run, n), **run_fields(run)})
+                        "attention": cfg.attention, "lr": cfg.lr, "trainable_params": runner.trainable(cfg),
+                        **runner.ppl(run, n), **runner.last_quarter(run, n), **runner.test_split(run, n),
+                        **run_fields(run)})
     return out
 
 
@@ -54,7 +62,7 @@ def compare(result: dict) -> list[dict]:
     rows_ = result["rows"]
     ref, pref = reference(rows_, setting="full"), paper_value(result, setting="full")
     out = []
-    for s, rank in dict.fromkeys((r["setting"], r["rank"]) for r in rows_):
+    for s, rank in dict.fromkeys((r["setting"], r["rank"]) for r in rows_ if not r["setting"].endswith(FULL_ATTN)):
         label = s if rank is None or s == "full" else f"{s} r={rank}"
         out.append(ppl_row(label, paper_value(result, setting=s, rank=rank), pref, rows_, ref, setting=s, rank=rank))
     return out
@@ -113,7 +121,7 @@ def verdict(result: dict, rows_: list[dict]) -> str:
                "trainable embedding and norms help, but most of LoRA's gap remains, unlike the paper."
                if plus_vs_lora == "lower" else
                "trainable embedding and norms do not help that we can resolve, unlike the paper.")
-            + _at_lr10(rows, get) + " " + on_test(rows_))
+            + _at_lr10(rows, get) + _without_s2(rows, result) + " " + on_test(rows_))
 
 
 def _at_lr10(rows: list[dict], get: dict) -> str:
@@ -135,3 +143,95 @@ def _at_lr10(rows: list[dict], get: dict) -> str:
             + (": at the higher rate LoRA adapts where the context is short and breaks where it is long."
                if a10["ours_3q_rel"] < a["ours_3q_rel"] and a10["ours_lq_rel"] > a["ours_lq_rel"] else ".")
             )
+
+
+# ------------------------------------------------------------------------------- the diagnostic of attention
+# each method at each rate, trained with S2-Attn (the table's rows) and with full attention (FULL_ATTN): label, the
+# setting's S2-Attn name, rank; full FT at ten times the rate has no S2-Attn run (table1_lr: that rate breaks it)
+DESIGN = (("full FT", "full", None), ("full FT, lr x10", "full_lr10", None), ("LoRA+", "lora+norm+embed", 8),
+          ("LoRA+, lr x10", "lora+norm+embed_lr10", 8))
+ATTENTIONS = (("S2-Attn", ""), ("full attention", FULL_ATTN))
+
+
+def without_s2(result: dict) -> list[dict]:
+    """(Not in the paper.) Every method and rate of DESIGN trained with S2-Attn and with full attention, each against
+    full FT trained with full attention at the regime's rate (Table 1's reference at 8x): `ppl_row`s with `method`,
+    `attention` and `setting`; [] for a file made before these rows."""
+    rows_ = result["rows"]
+    if not any(r["setting"].endswith(FULL_ATTN) for r in rows_):
+        return []
+    ref = reference(rows_, setting="full" + FULL_ATTN)
+    return [{**ppl_row(f"{label}, {attention}", None, None, rows_, ref, setting=name + suffix),
+             "method": label, "attention": attention, "setting": name + suffix}
+            for label, name, _ in DESIGN for attention, suffix in ATTENTIONS
+            if any(r["setting"] == name + suffix for r in rows_)]
+
+
+def plot_without_s2(result: dict):
+    """Left: each method and rate, trained with S2-Attn and with full attention (± one sd over seeds), perplexity on a
+    log axis; right: LoRA+'s loss by position in the window (16 bins, mean over seeds), beside full FT's."""
+    from ..plotting import color
+
+    rows_, cmp = result["rows"], {c["label"]: c for c in without_s2(result)}
+    if not cmp:
+        raise ValueError(f"{result['name']}: no row trained with full attention (a file made before them)")
+    fig, (a, b) = figure(width=12.0, height=4.2)
+    hues = {"S2-Attn": color("s2"), "full attention": color("full")}
+    for j, (attention, _) in enumerate(ATTENTIONS):
+        for i, (label, _, _) in enumerate(DESIGN):
+            c = cmp.get(f"{label}, {attention}")
+            if c is None:
+                a.annotate("not run", (i + (j - 0.5) * 0.38, 0.03), xycoords=("data", "axes fraction"),
+                           ha="center", fontsize=7, rotation=90)
+                continue
+            a.bar(i + (j - 0.5) * 0.38, c["ours"], 0.36, yerr=c["ours_sd"], capsize=3, color=hues[attention],
+                  alpha=0.85, label=attention if i == len(DESIGN) - 1 else None, error_kw={"lw": 0.8})
+            a.annotate(f"{c['ours']:.2f}", (i + (j - 0.5) * 0.38, (c["ours"] + (c["ours_sd"] or 0)) * 1.02),
+                       ha="center", fontsize=7)
+    a.set_xticks(range(len(DESIGN)), [label for label, _, _ in DESIGN], fontsize=8)
+    a.set_yscale("log")
+    label_axes(a, "trained with S2-Attn or with full attention" + quick_note(result), "",
+               "sliding-window perplexity (full attention)", log=True)
+    for name, style in (("full" + FULL_ATTN, dict(color="gray", ls="--")),
+                        ("lora+norm+embed_lr10", dict(color=color("s2"))),
+                        ("lora+norm+embed_lr10" + FULL_ATTN, dict(color=color("full"))),
+                        ("lora+norm+embed" + FULL_ATTN, dict(color=color("full"), ls=":"))):
+        members = [r for r in rows_ if r["setting"] == name and r.get("loss_bins")]
+        if not members:
+            continue
+        k = len(members[0]["loss_bins"])
+        loss = [sum(m["loss_bins"][j] for m in members) / len(members) for j in range(k)]
+        label = next(f"{lab}, {att}" for lab, s, _ in DESIGN for att, suf in ATTENTIONS if s + suf == name)
+        b.plot([(j + 0.5) / k for j in range(k)], loss, marker=".", label=label, **style)
+    n = rows_[0]["context"]
+    label_axes(b, "LoRA+'s loss by position (full FT's dashed)", f"position in the window (fraction of {n} tokens)",
+               "next-token loss (nats)")
+    fig.tight_layout()
+    return fonts(fig)
+
+
+def _without_s2(rows: list[dict], result: dict) -> str:
+    """The diagnostic of attention in words, when the file has it: LoRA+ and full FT trained with full attention at
+    both rates, against full FT with full attention at the regime's rate and against LoRA+ with S2-Attn."""
+    cmp = {c["setting"]: c for c in without_s2(result)}
+    if not cmp:
+        return ""
+    f, p, p10, f10 = (s + FULL_ATTN for s in ("full", "lora+norm+embed", "lora+norm+embed_lr10", "full_lr10"))
+    s2, s2_10 = "lora+norm+embed", "lora+norm+embed_lr10"
+
+    def vs(a: str, b: str) -> str:
+        return versus(rows, {"setting": a}, {"setting": b})
+
+    def at(s: str) -> str:
+        return f"{cmp[s]['ours']:.2f}"
+
+    regime = "full FT at the regime's rate"
+
+    return (f" Trained with full attention instead of S2-Attn (not in the paper; against full FT with full attention, "
+            f"{at(f)}): at the regime's rate LoRA+ is at {at(p)} ({pct(cmp[p]['ours_rel'])}; with S2-Attn {at(s2)}, "
+            f"{than(vs(p, s2), 'with S2-Attn')}); at ten times the rate at {at(p10)} ({pct(cmp[p10]['ours_rel'])}, "
+            f"{than(vs(p10, f), regime)}; full FT at that rate {at(f10)}, "
+            f"LoRA+ {than(vs(p10, f10), 'it')}), where with S2-Attn it is at {at(s2_10)} "
+            f"({than(vs(s2_10, p10), 'with full attention')})"
+            + (": LoRA+ trains at LoRA's usual rate, and S2-Attn is what breaks there."
+               if vs(p10, p) == "lower" and vs(s2_10, p10) == "higher" else "."))
