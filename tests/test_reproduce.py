@@ -386,11 +386,16 @@ def test_other_tables_quick(name, ids, base_dir, dirs, capsys):
         assert set(attention.values()) == {"s2", "full"} and attention["lora+norm+embed"] == "s2"
         lr = {r["setting"]: r["lr"] for r in rows}
         assert lr["full_lr10_full_attn"] == pytest.approx(10 * lr["full_full_attn"])
-        assert lr["lora+norm+embed_lr10_full_attn"] == pytest.approx(10 * lr["lora+norm+embed_full_attn"])
+        for t in rep.table2.LORA_PLUS_RATES:  # LoRA+ at each rate, with S2-Attn and with full attention
+            s2 = rep.table2.lora_plus(t)
+            assert lr[s2] == lr[s2 + "_full_attn"] == pytest.approx(t * lr["lora+norm+embed"])
         assert params[("lora+norm+embed_full_attn", 8)] == params[("lora+norm+embed", 8)]
-        assert [c["label"] for c in rep.table2.without_s2(result)] == [
-            "full FT, S2-Attn", "full FT, full attention", "full FT, lr x10, full attention", "LoRA+, S2-Attn",
-            "LoRA+, full attention", "LoRA+, lr x10, S2-Attn", "LoRA+, lr x10, full attention"]
+        cells = {(c["method"], c["times"], c["attention"]) for c in rep.table2.without_s2(result)}
+        assert cells == {("full FT", 1, "S2-Attn"), ("full FT", 1, "full attention"), ("full FT", 10, "full attention"),
+                         *(("LoRA+", t, a) for t in rep.table2.LORA_PLUS_RATES for a in ("S2-Attn", "full attention"))}
+        assert {c["label"] for c in results.compare(result)} == {  # the diagnostic of attention is not Table 2's
+            f"{s} r={r}" if r else s for s, r in {(s, r) for s, r, _ in rep.T2_SETTINGS} - {
+                (s, 8 if s.startswith("lora") else None) for s in rep.table2.WITHOUT_S2_ONLY}}
         assert "Trained with full attention instead of S2-Attn" in results.verdict({**result, "quick": False})
         assert rep.table2.plot_without_s2(result).axes
     if name == "table6":
@@ -404,7 +409,8 @@ def test_other_tables_quick(name, ids, base_dir, dirs, capsys):
         assert lr["lora_plus_lr10"] == pytest.approx(10 * lr["lora_plus"]) and lr["lora_plus"] == lr["full"]
         assert lr["lora_plus_lr10_full_attn"] == lr["lora_plus_lr10"]
         attention = {r["setting"]: r["attention"] for r in rows}
-        assert attention == {"full": "s2", "lora_plus": "s2", "lora_plus_lr10": "s2", "lora_plus_lr10_full_attn": "full"}
+        assert attention == {"full": "s2", "lora_plus": "s2", "lora_plus_lr10": "s2",
+                             "lora_plus_lr10_full_attn": "full"}
         assert "trained with full attention instead at that rate" in results.verdict({**result, "quick": False})
         last = max(r["step"] for r in rows)  # the final models, tested as every table tests: both splits
         finals = [r for r in rows if "ppl_test" in r]

@@ -17,6 +17,15 @@ NAME = "table2"
 DESCRIPTION = ("Table 2: full FT vs LoRA r = 8, 16, 32, 64 vs LoRA r=8 + norm / + embed / + norm & embed, S2-Attn, "
                "at 8x the base's context")
 ID_FIELDS = ("setting", "rank")
+FULL_ATTN = "_full_attn"  # the suffix of the settings trained with full attention (every other trains with S2-Attn)
+LORA_PLUS_RATES = (1, 2.5, 5, 10)  # the diagnostic of attention: LoRA+'s rates, as multiples of the regime's
+
+
+def lora_plus(times: float) -> str:
+    """LoRA+'s setting at `times` the regime's learning rate (trained with S2-Attn)."""
+    return "lora+norm+embed" if times == 1 else f"lora+norm+embed_lr{times:g}"
+
+
 T2_SETTINGS = (("full", None, dict(method="full")),
                *(("lora", r, dict(method="lora", rank=r)) for r in (8, 16, 32, 64)),
                ("lora+norm", 8, dict(method="lora_plus", train_embed=False, train_norm=True)),
@@ -24,12 +33,15 @@ T2_SETTINGS = (("full", None, dict(method="full")),
                ("lora+norm+embed", 8, dict(method="lora_plus")),
                ("lora_lr10", 8, dict(method="lora", rank=8, lr=10 * LR["lora"])),  # the diagnostic, not in the paper
                ("lora+norm+embed_lr10", 8, dict(method="lora_plus", lr=10 * LR["lora_plus"])),
-               *((f"{s}_full_attn", r, dict(kw, attention="full")) for s, r, kw in (  # the diagnostic of attention
+               # the diagnostic of attention (not in the paper, `without_s2`): LoRA+ at the rates between, and full FT
+               # and LoRA+ at each rate trained with full attention instead of S2-Attn
+               *((lora_plus(t), 8, dict(method="lora_plus", lr=t * LR["lora_plus"])) for t in (2.5, 5)),
+               *((s + FULL_ATTN, r, dict(kw, attention="full")) for s, r, kw in (
                    ("full", None, dict(method="full")),  # Table 1's 8x full-attention run
                    ("full_lr10", None, dict(method="full", lr=10 * LR["full"])),
-                   ("lora+norm+embed", 8, dict(method="lora_plus")),
-                   ("lora+norm+embed_lr10", 8, dict(method="lora_plus", lr=10 * LR["lora_plus"])))))
-FULL_ATTN = "_full_attn"  # the suffix of the settings trained with full attention (every other trains with S2-Attn)
+                   *((lora_plus(t), 8, dict(method="lora_plus", lr=t * LR["lora_plus"])) for t in LORA_PLUS_RATES))))
+# the settings only the diagnostic of attention reads (Table 2's own rows and its lr10 rows are `compare`'s)
+WITHOUT_S2_ONLY = {s for s, _, _ in T2_SETTINGS if s.endswith(FULL_ATTN)} | {lora_plus(2.5), lora_plus(5)}
 PAPER = {"source": "LongLoRA v3 Table 2 (PAPER.md §1)", "setup": "Llama2 7B with S2-Attn, target 32768, "
          "RedPajama, PG19 validation perplexity.",
          "rows": [{"setting": "full", "rank": None, "ppl": 8.08}]
@@ -62,7 +74,7 @@ def compare(result: dict) -> list[dict]:
     rows_ = result["rows"]
     ref, pref = reference(rows_, setting="full"), paper_value(result, setting="full")
     out = []
-    for s, rank in dict.fromkeys((r["setting"], r["rank"]) for r in rows_ if not r["setting"].endswith(FULL_ATTN)):
+    for s, rank in dict.fromkeys((r["setting"], r["rank"]) for r in rows_ if r["setting"] not in WITHOUT_S2_ONLY):
         label = s if rank is None or s == "full" else f"{s} r={rank}"
         out.append(ppl_row(label, paper_value(result, setting=s, rank=rank), pref, rows_, ref, setting=s, rank=rank))
     return out
@@ -146,78 +158,81 @@ def _at_lr10(rows: list[dict], get: dict) -> str:
 
 
 # ------------------------------------------------------------------------------- the diagnostic of attention
-# each method at each rate, trained with S2-Attn (the table's rows) and with full attention (FULL_ATTN): label, the
-# setting's S2-Attn name, rank; full FT at ten times the rate has no S2-Attn run (table1_lr: that rate breaks it)
-DESIGN = (("full FT", "full", None), ("full FT, lr x10", "full_lr10", None), ("LoRA+", "lora+norm+embed", 8),
-          ("LoRA+, lr x10", "lora+norm+embed_lr10", 8))
+# each method at each rate (a multiple of the regime's), trained with S2-Attn (no suffix) and with full attention
+# (FULL_ATTN); full FT at ten times the rate has no S2-Attn run (table1_lr: grouped training breaks at that rate)
+DESIGN = (("full FT", {1: "full", 10: "full_lr10"}), ("LoRA+", {t: lora_plus(t) for t in LORA_PLUS_RATES}))
 ATTENTIONS = (("S2-Attn", ""), ("full attention", FULL_ATTN))
 
 
 def without_s2(result: dict) -> list[dict]:
-    """(Not in the paper.) Every method and rate of DESIGN trained with S2-Attn and with full attention, each against
-    full FT trained with full attention at the regime's rate (Table 1's reference at 8x): `ppl_row`s with `method`,
-    `attention` and `setting`; [] for a file made before these rows."""
+    """(Not in the paper.) Full FT and LoRA+ at each rate of DESIGN, trained with S2-Attn and with full attention, each
+    against full FT trained with full attention at the regime's rate (Table 1's reference at 8x): `ppl_row`s with
+    `method`, `times` (the rate as a multiple of the regime's), `attention` and `setting`; [] for a file made before
+    these rows."""
     rows_ = result["rows"]
     if not any(r["setting"].endswith(FULL_ATTN) for r in rows_):
         return []
     ref = reference(rows_, setting="full" + FULL_ATTN)
-    return [{**ppl_row(f"{label}, {attention}", None, None, rows_, ref, setting=name + suffix),
-             "method": label, "attention": attention, "setting": name + suffix}
-            for label, name, _ in DESIGN for attention, suffix in ATTENTIONS
+    return [{**ppl_row(f"{method}{'' if t == 1 else f', lr x{t:g}'}, {attention}", None, None, rows_, ref,
+                       setting=name + suffix),
+             "method": method, "times": t, "attention": attention, "setting": name + suffix}
+            for method, names in DESIGN for t, name in names.items() for attention, suffix in ATTENTIONS
             if any(r["setting"] == name + suffix for r in rows_)]
 
 
 def plot_without_s2(result: dict):
-    """Left: each method and rate, trained with S2-Attn and with full attention (± one sd over seeds), perplexity on a
-    log axis; right: LoRA+'s loss by position in the window (16 bins, mean over seeds), beside full FT's."""
+    """Left: perplexity against the learning rate (a multiple of the regime's), full FT and LoRA+, each trained with
+    S2-Attn and with full attention (± one sd over seeds); right: the loss by position in the window (16 bins, mean
+    over seeds) of LoRA+ with S2-Attn at each rate above the regime's, with full attention at ten times it, and of full
+    FT with full attention at the regime's rate."""
     from ..plotting import color
 
-    rows_, cmp = result["rows"], {c["label"]: c for c in without_s2(result)}
+    rows_, cmp = result["rows"], without_s2(result)
     if not cmp:
         raise ValueError(f"{result['name']}: no row trained with full attention (a file made before them)")
     fig, (a, b) = figure(width=12.0, height=4.2)
     hues = {"S2-Attn": color("s2"), "full attention": color("full")}
-    for j, (attention, _) in enumerate(ATTENTIONS):
-        for i, (label, _, _) in enumerate(DESIGN):
-            c = cmp.get(f"{label}, {attention}")
-            if c is None:
-                a.annotate("not run", (i + (j - 0.5) * 0.38, 0.03), xycoords=("data", "axes fraction"),
-                           ha="center", fontsize=7, rotation=90)
-                continue
-            a.bar(i + (j - 0.5) * 0.38, c["ours"], 0.36, yerr=c["ours_sd"], capsize=3, color=hues[attention],
-                  alpha=0.85, label=attention if i == len(DESIGN) - 1 else None, error_kw={"lw": 0.8})
-            a.annotate(f"{c['ours']:.2f}", (i + (j - 0.5) * 0.38, (c["ours"] + (c["ours_sd"] or 0)) * 1.02),
-                       ha="center", fontsize=7)
-    a.set_xticks(range(len(DESIGN)), [label for label, _, _ in DESIGN], fontsize=8)
-    a.set_yscale("log")
-    label_axes(a, "trained with S2-Attn or with full attention" + quick_note(result), "",
+    for method, _ in DESIGN:
+        for attention, _ in ATTENTIONS:
+            line = [c for c in cmp if (c["method"], c["attention"]) == (method, attention)]
+            if line:
+                a.errorbar([c["times"] for c in line], [c["ours"] for c in line], [c["ours_sd"] or 0 for c in line],
+                           marker="o" if method == "LoRA+" else "s", ls="-" if method == "LoRA+" else "--",
+                           color=hues[attention], capsize=3, label=f"{method}, {attention}")
+    a.set_xscale("log")
+    a.set_xticks(LORA_PLUS_RATES, [f"{t:g}x" for t in LORA_PLUS_RATES])
+    a.minorticks_off()
+    label_axes(a, "trained with S2-Attn or with full attention" + quick_note(result),
+               f"learning rate (multiple of the regime's {LR['lora_plus']:g})",
                "sliding-window perplexity (full attention)", log=True)
-    for name, style in (("full" + FULL_ATTN, dict(color="gray", ls="--")),
-                        ("lora+norm+embed_lr10", dict(color=color("s2"))),
-                        ("lora+norm+embed_lr10" + FULL_ATTN, dict(color=color("full"))),
-                        ("lora+norm+embed" + FULL_ATTN, dict(color=color("full"), ls=":"))):
-        members = [r for r in rows_ if r["setting"] == name and r.get("loss_bins")]
-        if not members:
-            continue
-        k = len(members[0]["loss_bins"])
-        loss = [sum(m["loss_bins"][j] for m in members) / len(members) for j in range(k)]
-        label = next(f"{lab}, {att}" for lab, s, _ in DESIGN for att, suf in ATTENTIONS if s + suf == name)
-        b.plot([(j + 0.5) / k for j in range(k)], loss, marker=".", label=label, **style)
     n = rows_[0]["context"]
-    label_axes(b, "LoRA+'s loss by position (full FT's dashed)", f"position in the window (fraction of {n} tokens)",
+    shades = {2.5: "#9ecae1", 5: "#4292c6", 10: "#08306b"}
+    for name, label, style in (("full" + FULL_ATTN, "full FT, full attention", dict(color="gray", ls="--")),
+                               *((lora_plus(t), f"LoRA+, lr x{t:g}, S2-Attn", dict(color=shade))
+                                 for t, shade in shades.items()),
+                               (lora_plus(10) + FULL_ATTN, "LoRA+, lr x10, full attention", dict(color=color("full")))):
+        members = [r for r in rows_ if r["setting"] == name and r.get("loss_bins")]
+        if members:
+            k = len(members[0]["loss_bins"])
+            loss = [sum(m["loss_bins"][j] for m in members) / len(members) for j in range(k)]
+            b.plot([(j + 0.5) / k for j in range(k)], loss, marker=".", label=label, **style)
+    label_axes(b, "loss by position in the window", f"position in the window (fraction of {n} tokens)",
                "next-token loss (nats)")
     fig.tight_layout()
     return fonts(fig)
 
 
 def _without_s2(rows: list[dict], result: dict) -> str:
-    """The diagnostic of attention in words, when the file has it: LoRA+ and full FT trained with full attention at
-    both rates, against full FT with full attention at the regime's rate and against LoRA+ with S2-Attn."""
+    """The diagnostic of attention in words, when the file has it: LoRA+ at each rate with S2-Attn against with full
+    attention; each attention's best rate, chosen on validation, against full FT with full attention."""
     cmp = {c["setting"]: c for c in without_s2(result)}
     if not cmp:
         return ""
-    f, p, p10, f10 = (s + FULL_ATTN for s in ("full", "lora+norm+embed", "lora+norm+embed_lr10", "full_lr10"))
-    s2, s2_10 = "lora+norm+embed", "lora+norm+embed_lr10"
+    f, f10 = "full" + FULL_ATTN, "full_lr10" + FULL_ATTN
+    rates = [t for t in LORA_PLUS_RATES if lora_plus(t) in cmp and lora_plus(t) + FULL_ATTN in cmp]
+    best = {att: min((lora_plus(t) + suffix for t in rates), key=lambda s: cmp[s]["ours"]) for att, suffix in
+            ATTENTIONS}
+    s2, full = best["S2-Attn"], best["full attention"]
 
     def vs(a: str, b: str) -> str:
         return versus(rows, {"setting": a}, {"setting": b})
@@ -225,13 +240,23 @@ def _without_s2(rows: list[dict], result: dict) -> str:
     def at(s: str) -> str:
         return f"{cmp[s]['ours']:.2f}"
 
-    regime = "full FT at the regime's rate"
+    def s2_against(s: str) -> str:
+        res = vs(s, s + FULL_ATTN)
+        return res if res == "not resolved" else f"S2-Attn {res}"
 
-    return (f" Trained with full attention instead of S2-Attn (not in the paper; against full FT with full attention, "
-            f"{at(f)}): at the regime's rate LoRA+ is at {at(p)} ({pct(cmp[p]['ours_rel'])}; with S2-Attn {at(s2)}, "
-            f"{than(vs(p, s2), 'with S2-Attn')}); at ten times the rate at {at(p10)} ({pct(cmp[p10]['ours_rel'])}, "
-            f"{than(vs(p10, f), regime)}; full FT at that rate {at(f10)}, "
-            f"LoRA+ {than(vs(p10, f10), 'it')}), where with S2-Attn it is at {at(s2_10)} "
-            f"({than(vs(s2_10, p10), 'with full attention')})"
-            + (": LoRA+ trains at LoRA's usual rate, and S2-Attn is what breaks there."
-               if vs(p10, p) == "lower" and vs(s2_10, p10) == "higher" else "."))
+    def rate(s: str) -> str:
+        return f"{cmp[s]['times']:g}x"
+
+    regime, s2_costs = "full FT at the regime's rate", vs(s2, full) == "higher"
+    return (f" Trained with full attention instead of S2-Attn (not in the paper; full FT with full attention "
+            f"{at(f)} at the regime's rate, {at(f10)} at ten times it), LoRA+ with S2-Attn / with full attention at "
+            + ", ".join(f"{t:g}x the rate {at(lora_plus(t))} / {at(lora_plus(t) + FULL_ATTN)} "
+                        f"({s2_against(lora_plus(t))})" for t in rates)
+            + f"; chosen on validation, its best rate is {rate(full)} with full attention ({at(full)}, "
+            f"{pct(cmp[full]['ours_rel'])}: {than(vs(full, f), regime)}; against full FT at ten times the rate "
+            f"{pct(cmp[full]['ours'] / cmp[f10]['ours'] - 1)}: {vs(full, f10)}) and {rate(s2)} with S2-Attn "
+            f"({at(s2)}, {pct(cmp[s2]['ours_rel'])}: {than(vs(s2, full), 'LoRA+ with full attention at its best')}; "
+            f"test split {pct(cmp[s2]['ours_test_rel'])} against {pct(cmp[full]['ours_test_rel'])})"
+            + (": with full attention LoRA+ trains at LoRA's usual rate, with S2-Attn none of these rates brings it "
+               "there." if s2_costs and vs(full, f) != "higher" else
+               ": S2-Attn costs LoRA+ at its best rate." if s2_costs else "."))
