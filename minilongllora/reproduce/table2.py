@@ -11,6 +11,7 @@ from __future__ import annotations
 from .compare import (OUR_MODEL, PAPER_MODEL, RULE, bars, figure, fonts, label_axes, on_test, paired_bars,
                       paper_value, pct, ppl_row, quick_note, reference, rel_sd, seeds_text, than, versus)
 from .plan import LR, Plan
+from .record import window_ppl
 from .runner import run_fields
 
 NAME = "table2"
@@ -184,13 +185,13 @@ def plot_without_s2(result: dict):
     """Left: perplexity against the learning rate (a multiple of the regime's), full FT and LoRA+, each trained with
     S2-Attn and with full attention (± one sd over seeds); right: the loss by position in the window (16 bins, mean
     over seeds) of LoRA+ with S2-Attn at each rate above the regime's, with full attention at ten times it, and of full
-    FT with full attention at the regime's rate."""
+    FT with full attention at the regime's rate; and far right, the same runs' validation curves during fine-tuning."""
     from ..plotting import color
 
     rows_, cmp = result["rows"], without_s2(result)
     if not cmp:
         raise ValueError(f"{result['name']}: no row trained with full attention (a file made before them)")
-    fig, (a, b) = figure(width=12.0, height=4.2)
+    fig, (a, b, d) = figure(ncols=3, width=16.0, height=4.4)
     hues = {"S2-Attn": color("s2"), "full attention": color("full")}
     for method, _ in DESIGN:
         for attention, _ in ATTENTIONS:
@@ -205,19 +206,25 @@ def plot_without_s2(result: dict):
     label_axes(a, "trained with S2-Attn or with full attention" + quick_note(result),
                f"learning rate (multiple of the regime's {LR['lora_plus']:g})",
                "sliding-window perplexity (full attention)", log=True)
-    n = rows_[0]["context"]
+    n, runs = rows_[0]["context"], result["settings"]["runs"]
     shades = {2.5: "#9ecae1", 5: "#4292c6", 10: "#08306b"}
     for name, label, style in (("full" + FULL_ATTN, "full FT, full attention", dict(color="gray", ls="--")),
                                *((lora_plus(t), f"LoRA+, lr x{t:g}, S2-Attn", dict(color=shade))
                                  for t, shade in shades.items()),
                                (lora_plus(10) + FULL_ATTN, "LoRA+, lr x10, full attention", dict(color=color("full")))):
         members = [r for r in rows_ if r["setting"] == name and r.get("loss_bins")]
-        if members:
-            k = len(members[0]["loss_bins"])
-            loss = [sum(m["loss_bins"][j] for m in members) / len(members) for j in range(k)]
-            b.plot([(j + 0.5) / k for j in range(k)], loss, marker=".", label=label, **style)
+        if not members:
+            continue
+        k = len(members[0]["loss_bins"])
+        b.plot([(j + 0.5) / k for j in range(k)], [sum(m["loss_bins"][j] for m in members) / len(members)
+                                                   for j in range(k)], marker=".", label=label, **style)
+        curve = [runs[m["run"]]["curve"] for m in members]  # every seed's validation curve, the mean by step
+        d.plot([pt["step"] for pt in curve[0]], [sum(window_ppl(cv[j]) for cv in curve) / len(curve)
+                                                 for j in range(len(curve[0]))], marker=".", label=label, **style)
     label_axes(b, "loss by position in the window", f"position in the window (fraction of {n} tokens)",
                "next-token loss (nats)")
+    label_axes(d, "during fine-tuning", "fine-tuning step", "validation perplexity (whole windows, full attention)",
+               log=True)
     fig.tight_layout()
     return fonts(fig)
 
