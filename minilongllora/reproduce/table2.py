@@ -3,8 +3,9 @@ at 8x the base's context (the paper's 32k of Llama 2's 4k).
 
 Not in the paper: LoRA r=8 alone and LoRA+ also at ten times the regime's learning rate (`lora_lr10`,
 `lora+norm+embed_lr10`), the usual LoRA practice, to test whether LoRA lags full fine-tuning for want of learning
-rate (the regime gives every method the paper's one rate); and full FT and LoRA+ trained with full attention instead
-of S2-Attn, at both rates (`without_s2`): is LoRA+'s gap LoRA's or S2-Attn's?"""
+rate (the regime gives every method the paper's one rate); and the diagnostic of attention (`without_s2`): LoRA+ at
+1, 2.5, 5 and 10 times the regime's rate, each trained with S2-Attn and with full attention, and full FT with full
+attention at 1 and 10 times it: is LoRA+'s gap LoRA's or S2-Attn's?"""
 
 from __future__ import annotations
 
