@@ -17,8 +17,8 @@
              step full (k chosen on validation), S2-Attn + growing groups; FLOPs relative to full attention; Table
              1's models tested with the first tokens or the far keys hidden, and their attention on the first tokens
     table2   full FT vs LoRA r = 8, 16, 32, 64 vs LoRA r=8 + norm / + embed / + norm & embed, S2-Attn, at 8x;
-             not in the paper, LoRA and LoRA+ at ten times the rate, LoRA+ at five times it, and full FT and LoRA+
-             trained with full attention at those rates: is LoRA+'s gap LoRA's or S2-Attn's?
+             not in the paper, LoRA and LoRA+ at ten times the rate, LoRA+ at 2.5 and 5 times it, and full FT and
+             LoRA+ trained with full attention at those rates: is LoRA+'s gap LoRA's or S2-Attn's?
     table6   attention patterns (S2 across heads / layers, only P1, only P2, dilated, block / stride sparse) at 8x,
              each tested with its own pattern and with full attention
     table7   S2-Attn group sizes 1/2, 1/4, 1/6, 1/8 of the target, and full attention, at 3x (768 tokens: the
@@ -82,11 +82,11 @@ starts from an empty cache; "in order" runs the tables in the order listed, each
     table8          11 min    6 min     5 (3)
     figure5          7 min    5 min     4 (3)
     table6          19 min   19 min     7 (7)
-    table2          43 min   34 min     16 (13)
+    table2          49 min   40 min     18 (15)
     figure4          8 min    4 min     3 (1)
     table7          11 min   11 min     5 (5)
     table11          0 min    0 min     0 (0)
-    all                   ~ 3 h 48 min  (66 runs, most of 1.6M tokens; N seeds: about N times as long)
+    all                   ~ 3 h 54 min  (68 runs, most of 1.6M tokens; N seeds: about N times as long)
 
 `--quick` runs every table with 2 steps of 1 sequence at contexts of 2 x 64 … 16 x 64 tokens (PI by context / L
 where that is above 1), 2 evaluation windows, 1 document, 1 passkey trial at 2 lengths: the mechanics in seconds

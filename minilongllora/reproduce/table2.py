@@ -4,7 +4,7 @@ at 8x the base's context (the paper's 32k of Llama 2's 4k).
 Not in the paper: LoRA r=8 alone and LoRA+ also at ten times the regime's learning rate (`lora_lr10`,
 `lora+norm+embed_lr10`), the usual LoRA practice, to test whether LoRA lags full fine-tuning for want of learning
 rate (the regime gives every method the paper's one rate); and the diagnostic of attention (`without_s2`): LoRA+ at
-1, 5 and 10 times the regime's rate, each trained with S2-Attn and with full attention, and full FT with full
+1, 2.5, 5 and 10 times the regime's rate, each trained with S2-Attn and with full attention, and full FT with full
 attention at 1 and 10 times it: is LoRA+'s gap LoRA's or S2-Attn's?"""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ DESCRIPTION = ("Table 2: full FT vs LoRA r = 8, 16, 32, 64 vs LoRA r=8 + norm / 
                "at 8x the base's context")
 ID_FIELDS = ("setting", "rank")
 FULL_ATTN = "_full_attn"  # the suffix of the settings trained with full attention (every other trains with S2-Attn)
-LORA_PLUS_RATES = (1, 5, 10)  # the diagnostic of attention: LoRA+'s rates, as multiples of the regime's
+LORA_PLUS_RATES = (1, 2.5, 5, 10)  # the diagnostic of attention: LoRA+'s rates, as multiples of the regime's
 
 
 def lora_plus(times: float) -> str:
@@ -35,15 +35,15 @@ T2_SETTINGS = (("full", None, dict(method="full")),
                ("lora+norm+embed", 8, dict(method="lora_plus")),
                ("lora_lr10", 8, dict(method="lora", rank=8, lr=10 * LR["lora"])),  # the diagnostic, not in the paper
                ("lora+norm+embed_lr10", 8, dict(method="lora_plus", lr=10 * LR["lora_plus"])),
-               # the diagnostic of attention (not in the paper, `without_s2`): LoRA+ at the rate between, and full FT
+               # the diagnostic of attention (not in the paper, `without_s2`): LoRA+ at the rates between, and full FT
                # and LoRA+ at each rate trained with full attention instead of S2-Attn
-               (lora_plus(5), 8, dict(method="lora_plus", lr=5 * LR["lora_plus"])),
+               *((lora_plus(t), 8, dict(method="lora_plus", lr=t * LR["lora_plus"])) for t in (2.5, 5)),
                *((s + FULL_ATTN, r, dict(kw, attention="full")) for s, r, kw in (
                    ("full", None, dict(method="full")),  # Table 1's 8x full-attention run
                    ("full_lr10", None, dict(method="full", lr=10 * LR["full"])),
                    *((lora_plus(t), 8, dict(method="lora_plus", lr=t * LR["lora_plus"])) for t in LORA_PLUS_RATES))))
 # the settings only the diagnostic of attention reads (Table 2's own rows and its lr10 rows are `compare`'s)
-WITHOUT_S2_ONLY = {s for s, _, _ in T2_SETTINGS if s.endswith(FULL_ATTN)} | {lora_plus(5)}
+WITHOUT_S2_ONLY = {s for s, _, _ in T2_SETTINGS if s.endswith(FULL_ATTN)} | {lora_plus(2.5), lora_plus(5)}
 PAPER = {"source": "LongLoRA v3 Table 2 (PAPER.md §1)", "setup": "Llama2 7B with S2-Attn, target 32768, "
          "RedPajama, PG19 validation perplexity.",
          "rows": [{"setting": "full", "rank": None, "ppl": 8.08}]
@@ -208,7 +208,7 @@ def plot_without_s2(result: dict):
                f"learning rate (multiple of the regime's {LR['lora_plus']:g})",
                "sliding-window perplexity (full attention)", log=True)
     n, runs = rows_[0]["context"], result["settings"]["runs"]
-    shades = {5: "#6baed6", 10: "#08306b"}
+    shades = {2.5: "#9ecae1", 5: "#4292c6", 10: "#08306b"}
     for name, label, style in (("full" + FULL_ATTN, "full FT, full attention", dict(color="gray", ls="--")),
                                *((lora_plus(t), f"LoRA+, lr x{t:g}, S2-Attn", dict(color=shade))
                                  for t, shade in shades.items()),
