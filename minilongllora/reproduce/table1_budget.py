@@ -115,13 +115,13 @@ def rows(plan: Plan, runner, seeds) -> list[dict]:
                                                                       row["grafted_by_head"])
                     out.append({**row, **run_fields(run)})
             if seed == seeds[0]:  # the starting point's attention: the base with the runs' interpolation
-                base = {"setting": "base+PI", "steps": 0, "context": n, "seed": None,
-                        "distance_mass": runner.distance_mass("base", n, DISTANCE_DOCUMENTS, rope_factor=pi),
-                        "far_minus_near": runner.score_by_frequency("base", n, DISTANCE_DOCUMENTS, NEAR_BINS,
-                                                                    FAR_BINS, rope_factor=pi)["far_minus_near"],
-                        "rotary_phase": base_phase,
-                        "far_reading": runner.far_reading("base", n, DISTANCE_DOCUMENTS, HIDDEN, rope_factor=pi)}
-                out.append(base)
+                out.append({"setting": "base+PI", "steps": 0, "context": n, "seed": None,
+                            "distance_mass": runner.distance_mass("base", n, DISTANCE_DOCUMENTS, rope_factor=pi),
+                            "far_minus_near": runner.score_by_frequency("base", n, DISTANCE_DOCUMENTS, NEAR_BINS,
+                                                                        FAR_BINS, rope_factor=pi)["far_minus_near"],
+                            "rotary_phase": base_phase,
+                            "far_reading": runner.far_reading("base", n, DISTANCE_DOCUMENTS, HIDDEN,
+                                                              rope_factor=pi)})
     return out
 
 
