@@ -3,8 +3,9 @@
     table1   full-attention FT vs short attention (pattern 1 only) vs S2-Attn, at 2x / 4x / 8x the base's context
              (and the starting point, "base+PI": the base with the interpolation, before fine-tuning, kept apart
              from the table's rows under "starting_point")
-    table1_lr  (not in the paper) Table 1 at 4x under learning rates 1e-4, 2.5e-4, 5e-4, 1e-3, short and S2-Attn also
-             tested with their own pattern: does S2-Attn's gap to full attention depend on how far fine-tuning moves?
+    table1_lr  (not in the paper) Table 1 at 4x under learning rates 2.5e-5 … 1e-3 (a quarter of the regime's to the
+             base's peak), short and S2-Attn also tested with their own pattern: does S2-Attn's gap to full attention
+             depend on how far fine-tuning moves, and does S2-Attn close short attention's gap at lower rates?
     table1_window  (not in the paper) table1's three models at 4x tested with a sliding window of n/8, n/4, n/2 and
              with full attention: which keys break the grouped models when they are tested with full attention?
     table1_budget  (not in the paper) table1's three settings at 4x and 8x with the regime's 400 steps and with 800

@@ -8,6 +8,22 @@ from .plan import group_of
 from .record import window_ppl
 
 
+def _panels(k: int):
+    """A figure of k panels sharing the y axis: one row of up to four, else rows of three (table1_lr's six rates).
+    Returns the figure and its k axes in reading order (the empty slots of the last row removed)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    cols = k if k <= 4 else 3
+    rows = -(-k // cols)
+    fig = Figure(figsize=(max(3.6 * cols, 5.0), 3.4 * rows), dpi=90)
+    FigureCanvasAgg(fig)
+    axes = list(fig.subplots(rows, cols, sharey=True, squeeze=False).flat)
+    for ax in axes[k:]:
+        ax.remove()
+    return fig, axes[:k]
+
+
 def _run_label(config: dict, steps: bool = False) -> str:
     """A run's name in the curves' legends; `steps`: with its budget (a table with several, table1_budget)."""
     method = {"full": "full FT", "lora": "LoRA", "lora_plus": "LoRA+"}[config["method"]]
@@ -77,9 +93,6 @@ def curve_gaps(result: dict, reference: str = "full") -> list[dict]:
 def plot_curve_gaps(result: dict, reference: str = "full"):
     """`curve_gaps` drawn: one panel per context (and rate and budget, where the rows have them), one line per
     setting (the mean over seeds, ± one standard deviation shaded), the gap to the reference at every curve point."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     from ..plotting import color
 
     rows = curve_gaps(result, reference)
@@ -88,9 +101,7 @@ def plot_curve_gaps(result: dict, reference: str = "full"):
         return r["context"], r["lr"] or 0.0, r["steps"] or 0
 
     panels = sorted({panel(r) for r in rows})
-    fig = Figure(figsize=(max(3.6 * len(panels), 5.0), 3.4), dpi=90)
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    fig, axes = _panels(len(panels))
     for ax, (n, lr, budget) in zip(axes, panels):
         for setting in dict.fromkeys(r["setting"] for r in rows):
             pts = sorted((r["step"], 100 * r["gap"], 100 * (r["gap_sd"] or 0)) for r in rows
@@ -103,7 +114,9 @@ def plot_curve_gaps(result: dict, reference: str = "full"):
         ax.set_title(f"n = {n}" + (f", lr {lr:g}" if lr else "") + (f", {budget} steps" if budget else ""), fontsize=9)
         ax.set_xlabel("fine-tuning step")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel(f"validation perplexity vs {reference} (%)")
+    for ax in axes:
+        if ax.get_subplotspec().is_first_col():
+            ax.set_ylabel(f"validation perplexity vs {reference} (%)")
     axes[0].legend(fontsize=7)
     fig.suptitle(f"{result['name']}: the gap to {reference} during fine-tuning (whole windows, full attention; mean "
                  "± sd over seeds)", fontsize=9)
@@ -179,9 +192,6 @@ def plot_loss_by_position(result: dict, panel: str = "context", line: str = "set
     whose fields equal `match` (table1_budget: `context=2048`): where in the window short or S2-Attn training loses
     against full attention. `bins`: the rows' field to draw ("loss_bins_stretched": table1_budget's rows tested with
     their interpolation stretched further). A dotted line marks the group size where a panel has one."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     rows = [r for r in result["rows"] + result.get("starting_point", [])  # table1: the base with PI, before FT
             if all(r.get(k) == v for k, v in match.items()) and (bins in r or "loss_quarters" in r)]
     if not rows:
@@ -190,9 +200,7 @@ def plot_loss_by_position(result: dict, panel: str = "context", line: str = "set
     lines = list(dict.fromkeys(r[line] for r in rows))
     if "base+PI" in lines:  # the starting point first, drawn in gray
         lines = ["base+PI"] + [x for x in lines if x != "base+PI"]
-    fig = Figure(figsize=(max(3.6 * len(values), 5.0), 3.4), dpi=90)
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, len(values), sharey=True, squeeze=False)[0]
+    fig, axes = _panels(len(values))
     for ax, value in zip(axes, values):
         groups = set()
         for i, name in enumerate(lines):
@@ -219,7 +227,9 @@ def plot_loss_by_position(result: dict, panel: str = "context", line: str = "set
         title += "" if panel == "context" else f"; {panel} {value:g}"
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("mean next-token loss (nats)" + ("" if panel == "window" else ", full attention"))
+    for ax in axes:
+        if ax.get_subplotspec().is_first_col():
+            ax.set_ylabel("mean next-token loss (nats)" + ("" if panel == "window" else ", full attention"))
     axes[0].legend(fontsize=8)
     note = "" if bins == "loss_bins" else f" ({bins})"
     fig.suptitle(f"{result['name']}: loss by position in the window{note}", fontsize=9)
