@@ -8,7 +8,7 @@ import pytest
 
 from minilongllora import reproduce as rep
 from minilongllora.reproduce import results
-from minilongllora.reproduce.compare import resolve, than
+from minilongllora.reproduce.compare import pct, resolve, than
 
 RESULTS = Path(__file__).resolve().parent.parent / "notebooks" / "results"
 NAMES = [name for name in rep.TABLES if (RESULTS / f"{name}.json").is_file()]
@@ -71,6 +71,12 @@ def test_compare_relative_values_by_hand(result):
                                  for s in ("s2", "short")))
             part = results.verdict(result).split(f"lr {lr:g}: ")[1].split("; lr ")[0]
             assert f"(each with its own pattern: {than(s2_short, 'short')})" in part
+        # the trend by hand: S2-Attn's gap at each rate, flat (+4.5% ... +5.6%) up to the regime's 1e-4, then growing
+        gaps = [_by(rows, setting="s2", lr=lr) / _by(rows, setting="full", lr=lr) - 1 for lr in rep.T1_LR]
+        assert rep.T1_LR.index(1e-4) == 2 and gaps[2] < gaps[3] < gaps[4] < gaps[5] and not gaps[1] < gaps[2]
+        low = gaps[:3]
+        assert (f"S2-Attn's gap stays between {pct(min(low))} and {pct(max(low))} from 2.5e-05 to 0.0001 and grows "
+                f"with the rate above (+{100 * gaps[3]:.1f}% at 0.00025") in results.verdict(result)
     elif name == "table1_budget":
         for n, steps in {(r["context"], r["steps"]) for r in rows}:
             s2 = next(c for c in cmp if c["label"] == f"s2 {steps} steps @ {n}")

@@ -115,9 +115,18 @@ def verdict(result: dict, rows_: list[dict]) -> str:
                      f"{than(s2_short_own, 'short')}), "
                      f"full FT ppl {get['full']['ours']:.2f}")
     gap = {lr: next(r["ours_rel"] for r in rows_ if r["label"] == f"s2 lr={lr:g}") for lr in lrs}
-    trend = ("S2-Attn's gap grows with the rate" if all(gap[a] < gap[b] for a, b in pairwise(lrs)) else
-             "S2-Attn's gap does not grow steadily with the rate")
+    # the lowest rate from which the gap grows at every step of the rate, to the highest
+    k = min(i for i in range(len(lrs)) if all(gap[a] < gap[b] for a, b in pairwise(lrs[i:])))
+    above = ", ".join(f"{pct(gap[lr])} at {lr:g}" for lr in lrs[k + 1:])
+    if k == len(lrs) - 1:
+        trend = (f"S2-Attn's gap does not grow with the rate (between {pct(min(gap.values()))} and "
+                 f"{pct(max(gap.values()))})")
+    elif k == 0:
+        trend = f"S2-Attn's gap grows with the rate ({pct(gap[lrs[0]])} at {lrs[0]:g}, {above})"
+    else:
+        low = [gap[lr] for lr in lrs[:k + 1]]
+        trend = (f"S2-Attn's gap stays between {pct(min(low))} and {pct(max(low))} from {lrs[0]:g} to {lrs[k]:g} "
+                 f"and grows with the rate above ({above})")
     return (f"Table 1 at 4x by learning rate (not in the paper; {seeds_text(result)}; relative to full-attention FT at "
             f"the same rate, tested with full attention; {RULE}): " + "; ".join(parts)
-            + f". {trend} ({pct(gap[lrs[0]])} at {lrs[0]:g}, {pct(gap[lrs[-1]])} at {lrs[-1]:g}; paper at 8192: "
-            "S2 +0.2%, short +3.4%).")
+            + f". {trend}; paper at 8192: S2 +0.2%, short +3.4%.")
