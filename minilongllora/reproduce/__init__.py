@@ -76,7 +76,7 @@ starts from an empty cache; "in order" runs the tables in the order listed, each
 
     table          alone   in order   runs (new in order)
     table1          24 min   24 min     9 (9)
-    table1_lr       29 min   22 min     12 (9)
+    table1_lr       43 min   36 min     18 (15)
     table1_window    8 min    1 min     3 (0)
     table1_budget   88 min   71 min     12 (6)
     table1_sink     47 min   31 min     16 (10)
@@ -87,7 +87,7 @@ starts from an empty cache; "in order" runs the tables in the order listed, each
     figure4          8 min    4 min     3 (1)
     table7          11 min   11 min     5 (5)
     table11          0 min    0 min     0 (0)
-    all                   ~ 3 h 54 min  (68 runs, most of 1.6M tokens; N seeds: about N times as long)
+    all                   ~ 4 h 8 min  (74 runs, most of 1.6M tokens; N seeds: about N times as long)
 
 `--quick` runs every table with 2 steps of 1 sequence at contexts of 2 x 64 … 16 x 64 tokens (PI by context / L
 where that is above 1), 2 evaluation windows, 1 document, 1 passkey trial at 2 lengths: the mechanics in seconds
