@@ -147,6 +147,34 @@ def test_table1_lr_quick_shares_table1s_runs_and_tests_own_patterns(base_dir, di
         assert r.get("ppl_own_pattern", 2.0) > 1 and len(r["loss_bins"]) == rep.LOSS_BINS
 
 
+def test_table1_from_full_continues_table1s_full_run_and_keeps_table1s_rows(base_dir, dirs, capsys):
+    table1 = json.loads((dirs[0] / "table1.quick.json").read_text()) if (dirs[0] / "table1.quick.json").is_file() \
+        else quick("table1", base_dir, dirs, capsys)
+    result = quick("table1_from_full", base_dir, dirs, capsys)
+    rows, cache = result["rows"], dirs[1]
+    assert {(r["start"], r["setting"]) for r in rows} == {(a, s) for a in rep.table1_from_full.STARTS
+                                                          for s in ("full", "short", "s2")}
+    at_4x = {r["setting"]: r["run"] for r in table1["rows"] if r["context"] == 4 * rep.QUICK_UNIT and "run" in r}
+    configs = {c["run"]: c for c in result["settings"]["train_configs"]}
+    for r in rows:
+        cfg = configs[r["run"]]
+        if r["start"] == "base":  # Table 1's own runs at 4x
+            assert r["run"] == at_4x[r["setting"]] and r["reused"] and cfg["base"] == str(base_dir)
+        else:  # from the final model of Table 1's full-attention run, on a fresh data order
+            assert cfg["base"] == str(cache / at_4x["full"] / "final") and cfg["seed"] == r["seed"] + 1000
+            assert cfg["attention"] == r["setting"] and cfg["steps"] == rep.QUICK["steps"]
+        assert ("ppl_own_pattern" in r) == (r["setting"] != "full")
+    # a continuation counts its start's tokens against the cap (this random base has no pretraining record: 1,000)
+    one_run = rep.QUICK["steps"] * configs[at_4x["full"]]["batch_size"] * 4 * rep.QUICK_UNIT
+    plan = type("Plan", (), {"regime": lambda self: {"base_pretraining_tokens": 1000}})()
+    runs = {k: {"config": c, **result["settings"]["runs"][k]} for k, c in configs.items()}
+    assert rep._max_run_token_ratio(plan, runs) == pytest.approx(2 * one_run / 1000)
+    assert len(results.curves(result)) == len(result["settings"]["runs"])  # "continued" tells the runs apart
+    sentence = rep.table1_from_full.verdict(result, results.compare(result))  # results.verdict: quick runs say none
+    assert "from base: " in sentence and "; from full FT: " in sentence and "nan" not in sentence
+    assert len(results.plot(result).axes) == 2
+
+
 def test_table1_budget_reuses_table1s_runs_and_doubles_the_steps(base_dir, dirs, capsys):
     table1 = json.loads((dirs[0] / "table1.quick.json").read_text()) if (dirs[0] / "table1.quick.json").is_file() \
         else quick("table1", base_dir, dirs, capsys)

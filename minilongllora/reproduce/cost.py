@@ -53,7 +53,8 @@ class CostRunner:
             self.seconds += RUN_OVERHEAD_S
         metrics = [{"step": s, "tokens": s * cfg.batch_size * cfg.seq_len, "val_window_ppl": float("nan")}
                    for s in range(cfg.eval_every, cfg.steps + 1, cfg.eval_every or cfg.steps + 1)]
-        return {"key": key, "config": cfg, "loss": None, "metrics": metrics, "train_seconds": None, "reused": False}
+        return {"key": key, "config": cfg, "loss": None, "metrics": metrics, "train_seconds": None, "reused": False,
+                "dir": f"estimate/{key}"}
 
     def trainable(self, cfg):
         return None
@@ -144,13 +145,13 @@ def estimate_text(seeds: int = 1) -> str:
     from . import RUN_ORDER
 
     est = estimate_seconds(seeds=seeds)
-    lines = ["    table          alone   in order   runs (new in order)"]
+    lines = ["    table             alone   in order   runs (new in order)"]
     for name in RUN_ORDER:
         e = est[name]
-        lines.append(f"    {name:<14}{e['alone'] / 60:>4.0f} min {e['in_order'] / 60:>4.0f} min     "
+        lines.append(f"    {name:<17}{e['alone'] / 60:>4.0f} min {e['in_order'] / 60:>4.0f} min     "
                      f"{e['runs']} ({e['new_runs']})")
     total = est["total"]["in_order"]
-    lines.append(f"    all                   ~ {int(total // 3600)} h {round(total % 3600 / 60):.0f} min  "
+    lines.append(f"    all                      ~ {int(total // 3600)} h {round(total % 3600 / 60):.0f} min  "
                  f"({est['total']['new_runs']} runs, most of {STEPS * TOKENS_PER_STEP / 1e6:.1f}M tokens; "
                  "N seeds: about N times as long)")
     return "\n".join(lines)

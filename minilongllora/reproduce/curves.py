@@ -41,6 +41,8 @@ def _run_label(config: dict, steps: bool = False) -> str:
         parts.append(f"{config['passkey_share']:.0%} passkey docs")
     if config["method"] != "full" and config.get("lora_r") != 8:
         parts.append(f"r={config['lora_r']}")
+    if config.get("base", "").endswith("/final"):  # table1_from_full: trained on from another run's final model
+        parts.append("continued")
     parts += [f"{config['seq_len']} tokens", f"lr {config['lr']:g}"] + ([f"{config['steps']} steps"] if steps else [])
     label = ", ".join(parts)
     if config.get("train_embed") is False or config.get("train_norm") is False:  # Table 2's single additions
