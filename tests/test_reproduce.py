@@ -173,6 +173,8 @@ def test_table1_from_full_continues_table1s_full_run_and_keeps_table1s_rows(base
     sentence = rep.table1_from_full.verdict(result, results.compare(result))  # results.verdict: quick runs say none
     assert "from base: " in sentence and "; from full FT: " in sentence and "nan" not in sentence
     assert len(results.plot(result).axes) == 2
+    assert [a.get_title().split("; ")[-1] for a in results.plot_loss_by_position(result, panel="start").axes] == [
+        "start base", "start full FT"]
 
 
 def test_table1_budget_reuses_table1s_runs_and_doubles_the_steps(base_dir, dirs, capsys):

@@ -226,7 +226,8 @@ def plot_loss_by_position(result: dict, panel: str = "context", line: str = "set
             ax.axvline(group / n, color="gray", ls=":", lw=0.8)
         ax.set_xlabel("position in the window (fraction of n)")
         title = f"n = {n}" + (f", group {group}" if group else "")
-        title += "" if panel == "context" else f"; {panel} {value:g}"
+        if panel != "context":  # a rate or a budget; table1_from_full's start by name
+            title += f"; {panel} {value}" if isinstance(value, str) else f"; {panel} {value:g}"
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3)
     for ax in axes:
