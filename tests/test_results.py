@@ -77,6 +77,22 @@ def test_compare_relative_values_by_hand(result):
         low = gaps[:3]
         assert (f"S2-Attn's gap stays between {pct(min(low))} and {pct(max(low))} from 2.5e-05 to 0.0001 and grows "
                 f"with the rate above (+{100 * gaps[3]:.1f}% at 0.00025") in results.verdict(result)
+    elif name == "table1_from_full":
+        configs = {c["run"]: c for c in result["settings"]["train_configs"]}
+        for seed in result["settings"]["seeds"]:  # each continuation starts from its seed's full-attention run
+            start = next(r["run"] for r in rows if (r["start"], r["setting"], r["seed"]) == ("base", "full", seed))
+            for r in rows:
+                if r["start"] == "full FT" and r["seed"] == seed:
+                    assert configs[r["run"]]["base"] == f"{result['settings']['cache_dir']}/{start}/final"
+        sentence = results.verdict(result)
+        for start in rep.table1_from_full.STARTS:
+            for s in ("short", "s2"):
+                gap = _by(rows, start=start, setting=s) / _by(rows, start=start, setting="full") - 1
+                row = next(c for c in cmp if c["label"] == f"{s} from {start}")
+                assert row["ours_rel"] == pytest.approx(gap, rel=1e-12)
+                assert f"{s} {pct(gap)} (" in sentence.split(f"from {start}: ")[1]
+        assert result["settings"]["regime"]["max_run_token_ratio"] == pytest.approx(  # a continuation and its start
+            2 * result["settings"]["regime"]["token_ratio"])
     elif name == "table1_budget":
         for n, steps in {(r["context"], r["steps"]) for r in rows}:
             s2 = next(c for c in cmp if c["label"] == f"s2 {steps} steps @ {n}")
@@ -175,6 +191,7 @@ def test_overview_names_each_files_regime():
     assert set(rows) == set(rep.TABLES)
     assert rows["table11"]["regime"] == "no training" and rows["table1"]["regime"] == "paper's"
     assert rows["table1_budget"]["regime"] == "past-the-cap"  # its longer runs exceed the cap on purpose
+    assert rows["table1_from_full"]["regime"] == "past-the-cap"  # its continuations and their start together
     assert all(r["verdict"] and r["made"] for r in rows.values())
 
 
