@@ -151,30 +151,36 @@ def test_table1_from_full_continues_table1s_full_run_and_keeps_table1s_rows(base
     table1 = json.loads((dirs[0] / "table1.quick.json").read_text()) if (dirs[0] / "table1.quick.json").is_file() \
         else quick("table1", base_dir, dirs, capsys)
     result = quick("table1_from_full", base_dir, dirs, capsys)
-    rows, cache = result["rows"], dirs[1]
-    assert {(r["start"], r["setting"]) for r in rows} == {(a, s) for a in rep.table1_from_full.STARTS
-                                                          for s in ("full", "short", "s2")}
-    at_4x = {r["setting"]: r["run"] for r in table1["rows"] if r["context"] == 4 * rep.QUICK_UNIT and "run" in r}
+    rows, cache, module = result["rows"], dirs[1], rep.table1_from_full
+    contexts = [f * rep.QUICK_UNIT for f in module.FACTORS]
+    assert {(r["context"], r["start"], r["setting"]) for r in rows} == {
+        (n, a, s) for n in contexts for a in module.STARTS for s in ("full", "short", "s2")}
+    table1_runs = {(r["context"], r["setting"]): r["run"] for r in table1["rows"] if "run" in r}
     configs = {c["run"]: c for c in result["settings"]["train_configs"]}
     for r in rows:
         cfg = configs[r["run"]]
-        if r["start"] == "base":  # Table 1's own runs at 4x
-            assert r["run"] == at_4x[r["setting"]] and r["reused"] and cfg["base"] == str(base_dir)
-        else:  # from the final model of Table 1's full-attention run, on a fresh data order
-            assert cfg["base"] == str(cache / at_4x["full"] / "final") and cfg["seed"] == r["seed"] + 1000
+        if r["start"] == "base":  # Table 1's own runs
+            assert r["run"] == table1_runs[r["context"], r["setting"]] and r["reused"]
+            assert cfg["base"] == str(base_dir)
+        else:  # from the final model of Table 1's full-attention run at that context, on a fresh data order
+            assert cfg["base"] == str(cache / table1_runs[r["context"], "full"] / "final")
+            assert cfg["seed"] == r["seed"] + 1000 and cfg["seq_len"] == r["context"]
             assert cfg["attention"] == r["setting"] and cfg["steps"] == rep.QUICK["steps"]
         assert ("ppl_own_pattern" in r) == (r["setting"] != "full")
     # a continuation counts its start's tokens against the cap (this random base has no pretraining record: 1,000)
-    one_run = rep.QUICK["steps"] * configs[at_4x["full"]]["batch_size"] * 4 * rep.QUICK_UNIT
+    longest = configs[table1_runs[contexts[-1], "full"]]
+    one_run = rep.QUICK["steps"] * longest["batch_size"] * longest["seq_len"]
     plan = type("Plan", (), {"regime": lambda self: {"base_pretraining_tokens": 1000}})()
     runs = {k: {"config": c, **result["settings"]["runs"][k]} for k, c in configs.items()}
     assert rep._max_run_token_ratio(plan, runs) == pytest.approx(2 * one_run / 1000)
     assert len(results.curves(result)) == len(result["settings"]["runs"])  # "continued" tells the runs apart
-    sentence = rep.table1_from_full.verdict(result, results.compare(result))  # results.verdict: quick runs say none
-    assert "from base: " in sentence and "; from full FT: " in sentence and "nan" not in sentence
+    sentence = module.verdict(result, results.compare(result))  # results.verdict: quick runs say none
+    for n in contexts:
+        assert f"{n} from base: " in sentence and f"; {n} from full FT: " in sentence
+    assert "nan" not in sentence and "None" not in sentence
     assert len(results.plot(result).axes) == 2
-    assert [a.get_title().split("; ")[-1] for a in results.plot_loss_by_position(result, panel="start").axes] == [
-        "start base", "start full FT"]
+    figure = results.plot_loss_by_position(result, panel="start", context=contexts[-1])
+    assert [a.get_title().split("; ")[-1] for a in figure.axes] == ["start base", "start full FT"]
 
 
 def test_table1_budget_reuses_table1s_runs_and_doubles_the_steps(base_dir, dirs, capsys):

@@ -79,18 +79,21 @@ def test_compare_relative_values_by_hand(result):
                 f"with the rate above (+{100 * gaps[3]:.1f}% at 0.00025") in results.verdict(result)
     elif name == "table1_from_full":
         configs = {c["run"]: c for c in result["settings"]["train_configs"]}
-        for seed in result["settings"]["seeds"]:  # each continuation starts from its seed's full-attention run
-            start = next(r["run"] for r in rows if (r["start"], r["setting"], r["seed"]) == ("base", "full", seed))
+        for n, seed in {(r["context"], r["seed"]) for r in rows}:  # a continuation starts from its full-attention run
+            start = next(r["run"] for r in rows if (r["context"], r["start"], r["setting"], r["seed"])
+                         == (n, "base", "full", seed))
             for r in rows:
-                if r["start"] == "full FT" and r["seed"] == seed:
+                if (r["context"], r["start"], r["seed"]) == (n, "full FT", seed):
                     assert configs[r["run"]]["base"] == f"{result['settings']['cache_dir']}/{start}/final"
         sentence = results.verdict(result)
-        for start in rep.table1_from_full.STARTS:
-            for s in ("short", "s2"):
-                gap = _by(rows, start=start, setting=s) / _by(rows, start=start, setting="full") - 1
-                row = next(c for c in cmp if c["label"] == f"{s} from {start}")
-                assert row["ours_rel"] == pytest.approx(gap, rel=1e-12)
-                assert f"{s} {pct(gap)} (" in sentence.split(f"from {start}: ")[1]
+        for n in {r["context"] for r in rows}:
+            for start in rep.table1_from_full.STARTS:
+                for s in ("short", "s2"):
+                    gap = _by(rows, context=n, start=start, setting=s) / _by(rows, context=n, start=start,
+                                                                              setting="full") - 1
+                    row = next(c for c in cmp if c["label"] == f"{s} from {start} @ {n}")
+                    assert row["ours_rel"] == pytest.approx(gap, rel=1e-12)
+                    assert f"{s} {pct(gap)} (" in sentence.split(f"{n} from {start}: ")[1]
         assert result["settings"]["regime"]["max_run_token_ratio"] == pytest.approx(  # a continuation and its start
             2 * result["settings"]["regime"]["token_ratio"])
     elif name == "table1_budget":
