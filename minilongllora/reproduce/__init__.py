@@ -119,7 +119,7 @@ from . import (figure4, figure5, table1, table1_budget, table1_from_full, table1
 from .figure4 import EXTENDED_PI, MIN_PASSKEY_TOKENS, passkey_lengths  # noqa: F401
 from .plan import (CURVE_POINTS, CURVE_TOKENS, DEFAULT_BASE, DEFAULT_CACHE, LOSS_BINS, LQ_DOCUMENTS,  # noqa: F401
                    LR, PASSKEY_TRIALS, PPL_WINDOWS, PRECISION, QUICK, QUICK_UNIT, SAVE_EVERY, STEPS, STRIDE,
-                   TOKENS_PER_STEP, WARMUP_STEPS, Plan, group_size_for)
+                   TOKENS_PER_STEP, WARMUP_STEPS, Plan, continued_from, group_size_for)
 from .record import command_line, git_commit, machine, per_context, result_path, summarize
 from .table1_budget import T1_BUDGET_FACTORS, T1_BUDGET_SETTINGS, T1_BUDGETS  # noqa: F401
 from .table1_lr import T1_LR  # noqa: F401
@@ -211,7 +211,7 @@ def _max_run_token_ratio(plan: Plan, runs: dict) -> float | None:
     pre = plan.regime()["base_pretraining_tokens"]
 
     def tokens(r):
-        start = Path(r["config"]["base"]).parent.name  # a continuation's base: the cache's START_KEY/final
+        start = continued_from(r["config"])
         return r["tokens"] + (runs[start]["tokens"] if start in runs else 0)
 
     return max(tokens(r) for r in runs.values()) / pre if pre and runs else None

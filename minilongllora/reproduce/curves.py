@@ -4,7 +4,7 @@ position in the window, for any table's results."""
 from __future__ import annotations
 
 from .compare import plain_log
-from .plan import group_of
+from .plan import continued_from, group_of
 from .record import window_ppl
 
 
@@ -41,7 +41,7 @@ def _run_label(config: dict, steps: bool = False) -> str:
         parts.append(f"{config['passkey_share']:.0%} passkey docs")
     if config["method"] != "full" and config.get("lora_r") != 8:
         parts.append(f"r={config['lora_r']}")
-    if config.get("base", "").endswith("/final"):  # table1_from_full: trained on from another run's final model
+    if continued_from(config):  # table1_from_full: trained on from another run's final model
         parts.append("continued")
     parts += [f"{config['seq_len']} tokens", f"lr {config['lr']:g}"] + ([f"{config['steps']} steps"] if steps else [])
     label = ", ".join(parts)

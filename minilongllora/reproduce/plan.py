@@ -138,6 +138,13 @@ def group_of(cfg) -> int | None:
     return group_size(get("seq_len"), get("group_size_ratio", 0.25))
 
 
+def continued_from(config: dict) -> str | None:
+    """The cache key of the run whose final model a run (its config dict) trains on from (table1_from_full's
+    continuations: base = CACHE/KEY/final), None for a run from a base model."""
+    base = Path(config.get("base") or "")
+    return base.parent.name if base.name == "final" else None
+
+
 def group_size_for(context: int, fraction: float) -> int:
     """The even divisor of `context` nearest to fraction × context (the smaller one on a tie): S2-Attn groups must
     be even (half a group is shifted) and tile the sequence."""
