@@ -55,10 +55,6 @@ def _factor(result: dict, n: int) -> int:
     return round(n / result["settings"]["base_context"])
 
 
-def _paper_gap(result: dict, setting: str, factor: int) -> float:
-    return paper_value(result, setting=setting, factor=factor) / paper_value(result, setting="full", factor=factor) - 1
-
-
 def compare(result: dict) -> list[dict]:
     """Each context's and start's rows against full attention from the same start (tested with full attention), and
     with their own pattern."""
@@ -114,10 +110,13 @@ def verdict(result: dict, rows_: list[dict]) -> str:
     """Under the verdict rule (compare.resolve), per context and start: short and S2-Attn against full attention,
     S2-Attn against short attention (tested with full attention, and each with its own pattern); and each
     continuation against the model it started from."""
-    rs, parts = result["rows"], []
+    rs, parts, paper = result["rows"], [], []
     for n in sorted({r["context"] for r in rs}):
         for start in STARTS:
             get = {r["label"].split()[0]: r for r in rows_ if r["label"].endswith(f"from {start} @ {n}")}
+            if start == "base":  # the paper's Table 1 at the same multiple of its base's context
+                paper.append(f"{4096 * _factor(result, n)}: s2 {pct(get['s2']['paper_rel'])}, short "
+                             f"{pct(get['short']['paper_rel'])}")
             where = {"context": n, "start": start}
             s2_short, s2_short_own = (versus(rs, {**where, "setting": "s2"}, {**where, "setting": "short"}, m)
                                       for m in ("ppl", "ppl_own_pattern"))
@@ -129,8 +128,6 @@ def verdict(result: dict, rows_: list[dict]) -> str:
         moved = ", ".join(f"{s} {than(versus(rs, {**start, 'start': 'full FT', 'setting': s}, start), 'it')}"
                           for s in SETTINGS)
         parts.append(f"{n}, 400 steps more from full FT's model ({mean(rs, 'ppl', **start):.3f}): {moved}")
-    paper = "; ".join(f"{4096 * f}: s2 {pct(_paper_gap(result, 's2', f))}, short {pct(_paper_gap(result, 'short', f))}"
-                      for f in FACTORS)
     return (f"Table 1 from two starts (not in the paper; {seeds_text(result)}; relative to full attention from the "
             f"same start, tested with full attention; {RULE}): " + "; ".join(parts)
-            + f". Paper (from Llama2 with position interpolation) at {paper}.")
+            + f". Paper (from Llama2 with position interpolation) at {'; '.join(paper)}.")
