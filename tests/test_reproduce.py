@@ -183,6 +183,46 @@ def test_table1_from_full_continues_table1s_full_run_and_keeps_table1s_rows(base
     assert [a.get_title().split("; ")[-1] for a in figure.axes] == ["start base", "start full FT"]
 
 
+def test_table1_from_full_budget_continues_table1s_full_run_with_each_budget(base_dir, dirs, capsys):
+    table1 = json.loads((dirs[0] / "table1.quick.json").read_text()) if (dirs[0] / "table1.quick.json").is_file() \
+        else quick("table1", base_dir, dirs, capsys)
+    from_full = json.loads((dirs[0] / "table1_from_full.quick.json").read_text()) \
+        if (dirs[0] / "table1_from_full.quick.json").is_file() else quick("table1_from_full", base_dir, dirs, capsys)
+    result = quick("table1_from_full_budget", base_dir, dirs, capsys)
+    rows, cache, module = result["rows"], dirs[1], rep.table1_from_full_budget
+    n, steps = module.FACTOR * rep.QUICK_UNIT, rep.QUICK["steps"]
+    budgets = [b * steps for b in rep.T1_BUDGETS]
+    assert sorted((r["steps"], r["setting"]) for r in rows) == sorted(
+        [(0, "full")] + [(b, s) for b in budgets for s in ("full", "short", "s2")])
+    start = next(r["run"] for r in table1["rows"] if (r.get("context"), r.get("setting")) == (n, "full"))
+    configs = {c["run"]: c for c in result["settings"]["train_configs"]}
+    for r in rows:
+        cfg = configs[r["run"]]
+        assert r["context"] == n and ("ppl_own_pattern" in r) == (r["setting"] != "full") and "ppl_test" in r
+        if r["steps"] == 0:  # the start: Table 1's full-attention run at 8x itself
+            assert r["run"] == start and r["reused"]
+        else:  # trained on from its final model on table1_from_full's fresh data order, for each budget
+            assert cfg["base"] == str(cache / start / "final") and cfg["seed"] == r["seed"] + 1000
+            assert cfg["steps"] == r["steps"] and cfg["attention"] == r["setting"]
+    shorter = {r["setting"]: r["run"] for r in from_full["rows"] if (r["context"], r["start"]) == (n, "full FT")}
+    assert {r["setting"]: r["run"] for r in rows if r["steps"] == budgets[0]} == shorter  # table1_from_full's runs
+    for r in rows:  # each head's share of attention on the keys beyond n/2 (layers x heads)
+        assert all(0 <= m <= 1 for layer in r["far_reading"]["mass"] for m in layer)
+    # the longer continuation and its start together: 3 x one run's tokens against the cap (the random base: 1,000)
+    one_run = steps * configs[start]["batch_size"] * n
+    plan = type("Plan", (), {"regime": lambda self: {"base_pretraining_tokens": 1000}})()
+    runs = {k: {"config": c, **result["settings"]["runs"][k]} for k, c in configs.items()}
+    assert rep._max_run_token_ratio(plan, runs) == pytest.approx(3 * one_run / 1000)
+    assert len(results.curves(result)) == len(result["settings"]["runs"])
+    sentence = module.verdict(result, results.compare(result))
+    for b in budgets:
+        assert f"; {b} steps: short " in sentence or f": {b} steps: short " in sentence
+    assert "nan" not in sentence and "None" not in sentence
+    assert len(results.plot(result).axes) == 2
+    figure = results.plot_loss_by_position(result, panel="steps")
+    assert [a.get_title().split("; ")[-1] for a in figure.axes] == [f"steps {b}" for b in [0] + budgets]
+
+
 def test_table1_budget_reuses_table1s_runs_and_doubles_the_steps(base_dir, dirs, capsys):
     table1 = json.loads((dirs[0] / "table1.quick.json").read_text()) if (dirs[0] / "table1.quick.json").is_file() \
         else quick("table1", base_dir, dirs, capsys)

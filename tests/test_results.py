@@ -30,7 +30,8 @@ def test_results_files_are_full_runs_with_their_command(result):
     assert result["machine"]["torch"] and result["seconds"] >= 0
     if name != "table11":  # every run of a file has the budget the file records
         budget = result["settings"]["budget"]
-        budgets = [k * budget["steps"] for k in (rep.T1_BUDGETS if name == "table1_budget" else (1,))]
+        two = name in ("table1_budget", "table1_from_full_budget")
+        budgets = [k * budget["steps"] for k in (rep.T1_BUDGETS if two else (1,))]
         assert {c["steps"] for c in result["settings"]["train_configs"]} == set(budgets)  # table1_budget: 2 budgets
         assert all(c["lr"] in (*budget["lr"].values(), *rep.T1_LR) for c in result["settings"]["train_configs"])
     if "regime" in result["settings"]:  # made in the regime: today's plan, within its ratios to the base
@@ -96,6 +97,33 @@ def test_compare_relative_values_by_hand(result):
                     assert f"{s} {pct(gap)} (" in sentence.split(f"{n} from {start}: ")[1]
         assert result["settings"]["regime"]["max_run_token_ratio"] == pytest.approx(  # a continuation and its start
             2 * result["settings"]["regime"]["token_ratio"])
+    elif name == "table1_from_full_budget":
+        configs = {c["run"]: c for c in result["settings"]["train_configs"]}
+        for seed in {r["seed"] for r in rows}:  # every continuation starts from the seed's start, Table 1's full FT
+            start = next(r["run"] for r in rows if (r["steps"], r["seed"]) == (0, seed))
+            assert configs[start]["attention"] == "full" and configs[start]["base"] == result["settings"]["base"]
+            for r in rows:
+                if r["seed"] == seed and r["steps"]:
+                    assert configs[r["run"]]["base"] == f"{result['settings']['cache_dir']}/{start}/final"
+                    assert configs[r["run"]]["steps"] == r["steps"] and configs[r["run"]]["seed"] == seed + 1000
+        sentence = results.verdict(result)
+        budgets = sorted({r["steps"] for r in rows} - {0})
+        gaps = {}  # each seed's gap to full attention's continuation of the same length
+        for steps in budgets:
+            full = {r["seed"]: r for r in rows if (r["steps"], r["setting"]) == (steps, "full")}
+            for s in ("short", "s2"):
+                row = next(c for c in cmp if c["label"] == f"{s} {steps} steps")
+                assert row["ours_rel"] == pytest.approx(_by(rows, steps=steps, setting=s)
+                                                        / _by(rows, steps=steps, setting="full") - 1, rel=1e-12)
+                assert f"{s} {pct(row['ours_rel'])} (" in sentence.split(f"{steps} steps: ")[1]
+                gaps[steps, s] = [r["ppl"] / full[r["seed"]]["ppl"] - 1 for r in rows
+                                  if (r["steps"], r["setting"]) == (steps, s)]
+        for s in ("short", "s2"):
+            a, b = (gaps[x, s] for x in budgets)
+            change = f"{s} {pct(sum(a) / len(a))} → {pct(sum(b) / len(b))} ({than(resolve(b, a), f'at {budgets[0]}')};"
+            assert change in sentence
+        assert result["settings"]["regime"]["max_run_token_ratio"] == pytest.approx(  # the longer run and its start
+            3 * result["settings"]["regime"]["token_ratio"])
     elif name == "table1_budget":
         for n, steps in {(r["context"], r["steps"]) for r in rows}:
             s2 = next(c for c in cmp if c["label"] == f"s2 {steps} steps @ {n}")
@@ -195,6 +223,7 @@ def test_overview_names_each_files_regime():
     assert rows["table11"]["regime"] == "no training" and rows["table1"]["regime"] == "paper's"
     assert rows["table1_budget"]["regime"] == "past-the-cap"  # its longer runs exceed the cap on purpose
     assert rows["table1_from_full"]["regime"] == "past-the-cap"  # its continuations and their start together
+    assert rows["table1_from_full_budget"]["regime"] == "past-the-cap"
     assert all(r["verdict"] and r["made"] for r in rows.values())
 
 

@@ -11,6 +11,8 @@
     table1_from_full  (not in the paper) table1's three settings at 4x and 8x trained 400 steps more from
              full-attention FT's model instead of the base: does training in groups keep long context where the model
              no longer has to recover from the interpolation?
+    table1_from_full_budget  (not in the paper) table1_from_full's 8x continuations with 400 and 800 steps: do the
+             800 grouped steps that break the model from the base (table1_budget) break one that reads the window?
     table1_budget  (not in the paper) table1's three settings at 4x and 8x with the regime's 400 steps and with 800
              (past the 5% token cap, on purpose): does S2-Attn's gap shrink once full attention flattens? And a
              look inside the models: the loss by position with the interpolation stretched, attention by distance
@@ -77,21 +79,22 @@ Estimated full-run times, 1 seed, 2 quiet cores, bf16 (train + evaluation; the m
 8,000 tok/s at 1024 with S2 + LoRA+, 7,000 at 256 with full FT, divided by BF16_SPEEDUP; see `cost.py`). "alone"
 starts from an empty cache; "in order" runs the tables in the order listed, each reusing the runs of the ones before:
 
-    table             alone   in order   runs (new in order)
-    table1             24 min   24 min     9 (9)
-    table1_lr          43 min   36 min     18 (15)
-    table1_window       8 min    1 min     3 (0)
-    table1_from_full   32 min   16 min     12 (6)
-    table1_budget      88 min   71 min     12 (6)
-    table1_sink        47 min   31 min     16 (10)
-    table8             11 min    6 min     5 (3)
-    figure5             7 min    5 min     4 (3)
-    table6             19 min   19 min     7 (7)
-    table2             49 min   40 min     18 (15)
-    figure4             8 min    4 min     3 (1)
-    table7             11 min   11 min     5 (5)
-    table11             0 min    0 min     0 (0)
-    all                      ~ 4 h 24 min  (80 runs, most of 1.6M tokens; N seeds: about N times as long)
+    table                      alone   in order   runs (new in order)
+    table1                     24 min   24 min     9 (9)
+    table1_lr                  43 min   36 min     18 (15)
+    table1_window               8 min    1 min     3 (0)
+    table1_from_full           32 min   16 min     12 (6)
+    table1_from_full_budget    30 min   18 min     7 (3)
+    table1_budget              88 min   71 min     12 (6)
+    table1_sink                47 min   31 min     16 (10)
+    table8                     11 min    6 min     5 (3)
+    figure5                     7 min    5 min     4 (3)
+    table6                     19 min   19 min     7 (7)
+    table2                     49 min   40 min     18 (15)
+    figure4                     8 min    4 min     3 (1)
+    table7                     11 min   11 min     5 (5)
+    table11                     0 min    0 min     0 (0)
+    all                               ~ 4 h 42 min  (83 runs, most of 1.6M tokens; N seeds: about N times as long)
 
 `--quick` runs every table with 2 steps of 1 sequence at contexts of 2 x 64 … 16 x 64 tokens (PI by context / L
 where that is above 1), 2 evaluation windows, 1 document, 1 passkey trial at 2 lengths: the mechanics in seconds
@@ -114,8 +117,8 @@ import time
 from pathlib import Path
 
 from ..errors import UserInputError
-from . import (figure4, figure5, table1, table1_budget, table1_from_full, table1_lr, table1_sink, table1_window, table2,
-               table6, table7, table8, table11)
+from . import (figure4, figure5, table1, table1_budget, table1_from_full, table1_from_full_budget, table1_lr,
+               table1_sink, table1_window, table2, table6, table7, table8, table11)
 from .figure4 import EXTENDED_PI, MIN_PASSKEY_TOKENS, passkey_lengths  # noqa: F401
 from .plan import (CURVE_POINTS, CURVE_TOKENS, DEFAULT_BASE, DEFAULT_CACHE, LOSS_BINS, LQ_DOCUMENTS,  # noqa: F401
                    LR, PASSKEY_TRIALS, PPL_WINDOWS, PRECISION, QUICK, QUICK_UNIT, SAVE_EVERY, STEPS, STRIDE,
@@ -131,9 +134,10 @@ from .table8 import T8_VARIANTS  # noqa: F401
 from .table11 import T11_CONTEXTS  # noqa: F401
 
 TABLES = {m.NAME: m for m in (table1, table2, table6, table7, table8, table11, figure4, figure5, table1_lr,
-                              table1_window, table1_budget, table1_sink, table1_from_full)}
-RUN_ORDER = ("table1", "table1_lr", "table1_window", "table1_from_full", "table1_budget", "table1_sink", "table8",
-             "figure5", "table6", "table2", "figure4", "table7", "table11")  # those that reuse most first
+                              table1_window, table1_budget, table1_sink, table1_from_full, table1_from_full_budget)}
+RUN_ORDER = ("table1", "table1_lr", "table1_window", "table1_from_full", "table1_from_full_budget", "table1_budget",
+             "table1_sink", "table8", "figure5", "table6", "table2", "figure4", "table7",
+             "table11")  # those that reuse most first
 DESCRIPTIONS = {name: m.DESCRIPTION for name, m in TABLES.items()}
 ID_FIELDS = {name: m.ID_FIELDS for name, m in TABLES.items()}
 PAPER = {name: m.PAPER for name, m in TABLES.items()}
@@ -207,7 +211,7 @@ def reproduce(name: str, *, quick: bool = False, seeds: int = 1, out: str | Path
 def _max_run_token_ratio(plan: Plan, runs: dict) -> float | None:
     """The largest run's fine-tuning tokens over the base's pretraining tokens, counting those of the run it continues
     where its base is another run's final model (the regime caps it at 5%; only the diagnostics past the cap on
-    purpose, table1_budget and table1_from_full, exceed it)."""
+    purpose, table1_budget, table1_from_full and table1_from_full_budget, exceed it)."""
     pre = plan.regime()["base_pretraining_tokens"]
 
     def tokens(r):

@@ -145,13 +145,14 @@ def estimate_text(seeds: int = 1) -> str:
     from . import RUN_ORDER
 
     est = estimate_seconds(seeds=seeds)
-    lines = ["    table             alone   in order   runs (new in order)"]
+    w = max(map(len, RUN_ORDER)) + 2  # the names' column
+    lines = [f"    {'table':<{w}}  alone   in order   runs (new in order)"]
     for name in RUN_ORDER:
         e = est[name]
-        lines.append(f"    {name:<17}{e['alone'] / 60:>4.0f} min {e['in_order'] / 60:>4.0f} min     "
+        lines.append(f"    {name:<{w}}{e['alone'] / 60:>4.0f} min {e['in_order'] / 60:>4.0f} min     "
                      f"{e['runs']} ({e['new_runs']})")
     total = est["total"]["in_order"]
-    lines.append(f"    all                      ~ {int(total // 3600)} h {round(total % 3600 / 60):.0f} min  "
+    lines.append(f"    {'all':<{w}}         ~ {int(total // 3600)} h {round(total % 3600 / 60):.0f} min  "
                  f"({est['total']['new_runs']} runs, most of {STEPS * TOKENS_PER_STEP / 1e6:.1f}M tokens; "
                  "N seeds: about N times as long)")
     return "\n".join(lines)
