@@ -221,6 +221,8 @@ def test_table1_from_full_budget_continues_table1s_full_run_with_each_budget(bas
     assert len(results.plot(result).axes) == 2
     figure = results.plot_loss_by_position(result, panel="steps")
     assert [a.get_title().split("; ")[-1] for a in figure.axes] == [f"steps {b}" for b in [0] + budgets]
+    figure = module.plot_far_reading(result, heads=2)  # the start, then each setting at each budget
+    assert len(figure.axes) == 1 and len(figure.axes[0].patches) == 2 * (1 + 3 * len(budgets))
 
 
 def test_table1_budget_reuses_table1s_runs_and_doubles_the_steps(base_dir, dirs, capsys):

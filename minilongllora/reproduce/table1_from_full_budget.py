@@ -126,13 +126,9 @@ def verdict(result: dict, rows_: list[dict]) -> str:
         s2_short = versus(rs, {**at, "setting": "s2"}, {**at, "setting": "short"})
         parts.append(f"{steps} steps: {gaps}, S2 {than(s2_short, 'short')}, full {get['full']['ours']:.3f}")
     short, long = budgets[0], budgets[-1]
-    change = []
-    for s in GROUPED:
-        g = [_gaps(rs, x, s) for x in (short, long)]
-        lq = [_gaps(rs, x, s, "ppl_last_quarter") for x in (short, long)]
-        change.append(f"{s} {pct(sum(g[0]) / len(g[0]))} → {pct(sum(g[1]) / len(g[1]))} "
-                      f"({than(resolve(g[1], g[0]), f'at {short}')}; last quarter {pct(sum(lq[0]) / len(lq[0]))} → "
-                      f"{pct(sum(lq[1]) / len(lq[1]))}, {than(resolve(lq[1], lq[0]), f'at {short}')})")
+    change = [f"{s} " + than(resolve(_gaps(rs, long, s), _gaps(rs, short, s)), f"at {short}") + " (last quarter "
+              + than(resolve(_gaps(rs, long, s, "ppl_last_quarter"), _gaps(rs, short, s, "ppl_last_quarter")),
+                     f"at {short}") + ")" for s in GROUPED]
     moved = ", ".join(f"{s} " + than(versus(rs, {"steps": long, "setting": s}, {"steps": short, "setting": s}),
                                       f"at {short}") for s in SETTINGS)
     lowest = []
@@ -144,6 +140,35 @@ def verdict(result: dict, rows_: list[dict]) -> str:
     return (f"Table 1's settings at {rs[0]['context']} tokens ({FACTOR}x) trained on from its full-attention model "
             f"(not in the paper; past the regime's token cap; {seeds_text(result)}; relative to full attention's "
             f"continuation of the same length, tested with full attention; {RULE}; the start {start:.3f}): "
-            + "; ".join(parts) + f". From {short} to {long} steps the gap moves: " + ", ".join(change)
+            + "; ".join(parts) + f". Each seed's gap at {long} steps against at {short}: " + ", ".join(change)
             + f"; each model at {long} steps against its {short}-step run: {moved}. The mean whole-window curve of "
             f"the {long}-step runs is lowest: " + ", ".join(lowest) + ".")
+
+
+def plot_far_reading(result: dict, heads: int = 4):
+    """The share of attention on keys more than n/2 back (`sinks.far_reading`, over every query that has such keys,
+    mean of the seeds) in the `heads` heads where S2-Attn's longest continuation puts most, for the start and each
+    setting at each budget: do the heads that break from the base (table1_budget: layer 1's heads 2 and 3) read far
+    again when the grouped training goes on from a model that reads the window?"""
+    import torch
+
+    from ..plotting import color
+    from .table1_budget import far_reading
+
+    reading = far_reading(result)  # {(setting, steps): {"mass": layers x heads, ...}}
+    long = max(steps for _, steps in reading)
+    mass = torch.tensor(reading[("s2", long)]["mass"])
+    top = [divmod(i, mass.shape[1]) for i in mass.flatten().argsort(descending=True)[:heads].tolist()]
+    bars = [("start (full FT)", reading[("full", 0)]["mass"], "gray", None)]
+    bars += [(f"{s} {steps}", reading[(s, steps)]["mass"], color(s), None if steps == long else "//")
+             for s in SETTINGS for steps in sorted({k[1] for k in reading} - {0}) if (s, steps) in reading]
+    fig, (a,) = figure(ncols=1, width=8.0)
+    width = 0.8 / len(bars)
+    for i, (label, m, c, pattern) in enumerate(bars):
+        a.bar([j + (i - len(bars) / 2 + 0.5) * width for j in range(len(top))],
+              [100 * m[layer][head] for layer, head in top], width, color="white" if pattern else c, edgecolor=c,
+              hatch=pattern, label=label)
+    a.set_xticks(range(len(top)), [f"layer {layer}\nhead {head}" for layer, head in top], fontsize=8)
+    label_axes(a, f"n = {result['rows'][0]['context']}: attention on keys more than n/2 back" + quick_note(result),
+               f"the heads where S2-Attn at {long} steps reads farthest", "attention there (%)", legend=7)
+    return fig
