@@ -520,3 +520,21 @@ def test_table8_and_table7_verdicts_follow_the_rule():
     sentence = table7.verdict(grows, table7.compare(grows))
     assert "1/2 +0.3% (not resolved)" in sentence and "1/8 against 1/2: higher" in sentence
     assert "grows as groups shrink, as in the paper" in sentence
+
+
+def test_table1_from_full_budget_shares_table1_from_fulls_runs_to_the_digit():
+    """Its 400-step runs and its start are table1_from_full's 8x runs (the same keys), retrained on a fresh machine for
+    it: their curves and evaluations equal the recorded ones exactly; and each 800-step run's first 400 steps are its
+    400-step run's (a constant rate after warmup, the same data order)."""
+    longer, shorter = (results.load(n, RESULTS) for n in ("table1_from_full_budget", "table1_from_full"))
+    old = {r["run"]: r for r in shorter["rows"] if r["context"] == 2048}
+    shared = [r for r in longer["rows"] if r["steps"] in (0, rep.STEPS)]
+    assert len(shared) == 12 and all(r["run"] in old for r in shared)
+    for r in shared:
+        assert (r["ppl"], r["ppl_last_quarter"]) == (old[r["run"]]["ppl"], old[r["run"]]["ppl_last_quarter"])
+        assert longer["settings"]["runs"][r["run"]]["curve"] == shorter["settings"]["runs"][r["run"]]["curve"]
+    runs = {(r["steps"], r["setting"], r["seed"]): longer["settings"]["runs"][r["run"]]["curve"]
+            for r in longer["rows"]}
+    for (steps, setting, seed), curve in runs.items():
+        if steps == 2 * rep.STEPS:
+            assert curve[:len(runs[rep.STEPS, setting, seed])] == runs[rep.STEPS, setting, seed]
