@@ -249,11 +249,12 @@ def compare(result: dict) -> list[dict]:
     return out
 
 
-def _gaps(rows_: list[dict], steps: int, n: int, setting: str = "s2") -> list[float]:
-    """A grouped setting's gap to full-attention FT of the same seed, per seed, at one budget and context."""
-    full = {r["seed"]: r["ppl"] for r in rows_ if r["setting"] == "full" and r["steps"] == steps
+def _gaps(rows_: list[dict], steps: int, n: int, setting: str = "s2", metric: str = "ppl") -> list[float]:
+    """A grouped setting's gap to full-attention FT of the same seed, per seed, at one budget and context (in `metric`;
+    table1_from_full_budget's last quarter too)."""
+    full = {r["seed"]: r[metric] for r in rows_ if r["setting"] == "full" and r["steps"] == steps
             and r["context"] == n}
-    return [r["ppl"] / full[r["seed"]] - 1 for r in rows_ if r["setting"] == setting and r["steps"] == steps
+    return [r[metric] / full[r["seed"]] - 1 for r in rows_ if r["setting"] == setting and r["steps"] == steps
             and r["context"] == n]
 
 

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import dataclasses
 
-from .compare import (OUR_MODEL, RULE, figure, label_axes, mean, pct, ppl_row, quick_note, reference, resolve,
-                      seeds_text, than, versus)
+from .compare import (OUR_MODEL, RULE, figure, label_axes, mean, pct, ppl_row, quick_note, reference, rel,
+                      resolve, seeds_text, than, versus)
 from .plan import Plan, group_of
 from .runner import run_fields
 from .table1 import PAPER_PPL, SETTINGS
+from . import table1_budget
 from .table1_budget import DISTANCE_DOCUMENTS, HIDDEN, T1_BUDGETS
 from .table1_from_full import SEED_OFFSET
 
@@ -64,7 +65,7 @@ def compare(result: dict) -> list[dict]:
         for s in SETTINGS:
             row = ppl_row(f"{s} {steps} steps", None, None, rows_, ref, steps=steps, setting=s)
             own = mean(rows_, "ppl_own_pattern", steps=steps, setting=s)
-            out.append({**row, "ours_own": own, "ours_own_rel": None if own is None else own / ref["ppl"] - 1})
+            out.append({**row, "ours_own": own, "ours_own_rel": rel(own, ref["ppl"])})
     first = min(r["steps"] for r in rows_ if r["steps"])
     out.append(ppl_row("start (Table 1's full FT)", None, None, rows_, reference(rows_, steps=first, setting="full"),
                        steps=0, setting="full"))
@@ -72,9 +73,8 @@ def compare(result: dict) -> list[dict]:
 
 
 def _gaps(rows_: list[dict], steps: int, setting: str, metric: str = "ppl") -> list[float]:
-    """Each seed's `metric` of `setting` over full attention's of the same seed and budget, minus 1."""
-    full = {r["seed"]: r[metric] for r in rows_ if r["setting"] == "full" and r["steps"] == steps}
-    return [r[metric] / full[r["seed"]] - 1 for r in rows_ if r["setting"] == setting and r["steps"] == steps]
+    """Each seed's gap to full attention's continuation of the same seed and length (table1_budget's rule)."""
+    return table1_budget._gaps(rows_, steps, rows_[0]["context"], setting, metric)
 
 
 def _curve(result: dict, steps: int, setting: str) -> list[tuple[int, float]]:
